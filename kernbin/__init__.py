@@ -1,0 +1,45 @@
+"""kernbin: compile GPU kernels once into native device binaries and load them with zero JIT.
+
+    import kernbin
+    native = kernbin.build("vadd.spv", "opencl:cpu")      # SPIR-V -> NativeBinary
+    native.save("vadd.knb")
+    module = kernbin.load("vadd.knb", "opencl:cpu")        # native load, verified first
+    module.kernel("vadd").launch(n, None, a, b, c, np.int32(n))
+
+Importing kernbin loads no runtime library: backends are imported on first use.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .errors import (BuildError, FallbackWarning, IncompatibleBinary, InvalidBinary, InvalidIR,  # noqa: E402
+                     KernbinError, KernbinWarning, LaunchError, RuntimeAPIError, RuntimeNotFound,
+                     TargetError)
+
+_LAZY = {
+    "SpirvModule": "ir", "read_ir": "ir",
+    "DeviceId": "device",
+    "NativeBinary": "artifact", "BuildInfo": "artifact", "KernelInfo": "artifact",
+    "Target": "target", "parse_target": "target",
+    "LocalMemory": "backends.base",
+    "list_devices": "api", "open_device": "api", "build": "api", "load": "api", "check": "api",
+}
+
+__all__ = ["__version__", "BuildError", "FallbackWarning", "IncompatibleBinary", "InvalidBinary",
+           "InvalidIR", "KernbinError", "KernbinWarning", "LaunchError", "RuntimeAPIError",
+           "RuntimeNotFound", "TargetError", *_LAZY]
+
+
+def __getattr__(name: str):
+    mod = _LAZY.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'kernbin' has no attribute {name!r}")
+    import importlib
+    value = getattr(importlib.import_module(f".{mod}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

@@ -1,0 +1,155 @@
+"""The public API; the one place where backends are wired to the artifact model.
+
+Loading a native binary goes through the same gate for every backend:
+
+1. the ``.knb`` container is verified (header hash, section hashes, exact size);
+2. the binary's :class:`~kernbin.device.DeviceId` must be compatible with the device;
+3. the backend's cheap structural check of the device-binary bytes;
+4. only then does the runtime see the bytes.
+
+When any step fails and the IR is at hand (embedded in the ``.knb`` or passed
+by the caller), the module is rebuilt from the IR with the recorded build options,
+a :class:`~kernbin.errors.FallbackWarning` says why (once per reason), and the new
+binary is on ``module.native`` for the caller to store (``module.rebuilt`` is True).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import replace
+
+from .artifact import NativeBinary
+from .errors import (BuildError, FallbackWarning, IncompatibleBinary, InvalidBinary, KernbinError,
+                     RuntimeAPIError)
+from .ir import SpirvModule, read_ir
+from .target import Target, parse_target
+
+__all__ = ["list_devices", "open_device", "build", "load", "check"]
+
+
+def list_devices(backends=None) -> list:
+    """Every device of every implemented backend (``DeviceInfo``); runtimes that are
+    missing are skipped. ``backends`` restricts to the given names."""
+    from .backends import IMPLEMENTED, get_backend
+    out = []
+    for name in backends or IMPLEMENTED:
+        try:
+            out.extend(get_backend(name).list_devices())
+        except KernbinError:
+            continue
+    return out
+
+
+def open_device(target: "str | Target"):
+    """A live device for ``target`` (e.g. ``"opencl:cpu"``), shared within the process."""
+    from .backends import get_backend
+    t = parse_target(target)
+    return get_backend(t.backend).open_device(t)
+
+
+def _device(target_or_device):
+    if isinstance(target_or_device, (str, Target)):
+        return open_device(target_or_device)
+    return target_or_device
+
+
+def build(ir, target="opencl:cpu", options: str = "") -> NativeBinary:
+    """Build IR (a :class:`SpirvModule`, SPIR-V bytes or a path) into a native binary.
+
+    The returned binary embeds the IR, so a loader can fall back to it.
+    """
+    return _device(target).build(read_ir(ir), options)
+
+
+_warned: set[tuple[str, str]] = set()
+
+
+def _fallback(device, ir: SpirvModule | None, options: str | None, reason: str, error: Exception):
+    if ir is None:
+        raise error
+    if options is None:
+        options = ""
+    key = (reason, ir.sha256)
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(f"kernbin: rebuilding from IR for {device.target}: {reason}", FallbackWarning,
+                      stacklevel=3)
+    native = device.build(ir, options)
+    module = device.load_native(native)
+    module.source = "ir"
+    module.fallback_reason = reason
+    return module
+
+
+def _gate(device, native: NativeBinary) -> None:
+    """Raise unless these (already checksummed) bytes may be handed to this device."""
+    ok, reason = native.info.device.compatible_with(device.id)
+    if not ok:
+        raise IncompatibleBinary(reason, native.info.device, device.id)
+    problem = device.check_native(native.binary)
+    if problem:
+        raise InvalidBinary(problem)
+
+
+def load(native, target="opencl:cpu", *, ir=None, fallback: bool = True):
+    """Load a native binary (a :class:`NativeBinary`, ``.knb`` bytes or a path) natively.
+
+    ``ir`` supplies the IR for the fallback when the binary has none embedded.
+    With ``fallback=False`` the reason the binary cannot be used is raised instead
+    (:class:`InvalidBinary`, :class:`IncompatibleBinary` or :class:`RuntimeAPIError`).
+    """
+    device = _device(target)
+    given_ir = read_ir(ir) if ir is not None else None
+    if not isinstance(native, NativeBinary):
+        try:
+            native = (NativeBinary.from_bytes(native) if isinstance(native, (bytes, bytearray, memoryview))
+                      else NativeBinary.from_file(native))
+        except InvalidBinary as e:
+            if not fallback:
+                raise
+            info = e.build_info
+            use_ir = e.ir or given_ir
+            if use_ir is not None and info is not None and use_ir.sha256 != info.ir_sha256:
+                raise KernbinError("the IR given does not match the IR this binary was built from") from e
+            return _fallback(device, use_ir, info.options if info else None, e.reason, e)
+    use_ir = native.ir or given_ir
+    if given_ir is not None and given_ir.sha256 != native.info.ir_sha256:
+        raise KernbinError("the IR given does not match the IR this binary was built from "
+                           f"({given_ir.sha256[:12]} != {native.info.ir_sha256[:12]})")
+    try:
+        _gate(device, native)
+        return device.load_native(native)
+    except (IncompatibleBinary, InvalidBinary) as e:
+        if not fallback:
+            raise
+        return _fallback(device, use_ir, native.info.options, e.reason, e)
+    except RuntimeAPIError as e:
+        if not fallback or isinstance(e, BuildError) and e.call != "clBuildProgram":
+            raise
+        return _fallback(device, use_ir, native.info.options, f"the runtime rejected the binary: {e}", e)
+
+
+def check(native, target="opencl:cpu") -> dict:
+    """Verify integrity and compatibility, then load natively (no fallback).
+
+    Returns ``{"ok": bool, "reason": str, "kernels": [...], ...}``; never raises
+    for a bad binary (only for a bad target or a missing runtime).
+    """
+    device = _device(target)
+    result = {"target": str(device.target), "device": device.id.describe(), "ok": False, "reason": "",
+              "kernels": []}
+    try:
+        if not isinstance(native, NativeBinary):
+            native = NativeBinary.from_file(native) if isinstance(native, (str, os.PathLike)) \
+                else NativeBinary.from_bytes(native)
+        module = load(native, device, fallback=False)
+        result["ok"] = True
+        result["kernels"] = [{"name": n, **module.kernel(n).attributes} for n in module.kernel_names]
+    except (InvalidBinary, IncompatibleBinary, RuntimeAPIError) as e:
+        result["reason"] = str(e)
+    return result
+
+
+def _strip_ir(native: NativeBinary) -> NativeBinary:  # used by the CLI
+    return replace(native, ir=None)

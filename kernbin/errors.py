@@ -1,0 +1,113 @@
+"""One exception hierarchy for kernbin, rooted at :class:`KernbinError`.
+
+Callers never need to parse a message: every error carries its facts as
+attributes (byte offset, runtime call, result code number and name, build log).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "KernbinError",
+    "InvalidIR",
+    "InvalidBinary",
+    "IncompatibleBinary",
+    "TargetError",
+    "RuntimeNotFound",
+    "RuntimeAPIError",
+    "BuildError",
+    "LaunchError",
+    "KernbinWarning",
+    "FallbackWarning",
+]
+
+
+class KernbinError(Exception):
+    """Base class of every error kernbin raises on purpose."""
+
+
+class InvalidIR(KernbinError):
+    """The IR (SPIR-V, PTX) is malformed. ``offset`` is the byte offset of the problem."""
+
+    def __init__(self, reason: str, offset: int | None = None):
+        self.reason = reason
+        self.offset = offset
+        where = f" at byte offset {offset}" if offset is not None else ""
+        super().__init__(f"invalid IR{where}: {reason}")
+
+
+class InvalidBinary(KernbinError):
+    """A native-binary container (``.knb``) or device binary is malformed or fails its checksum.
+
+    When the container's header and its embedded IR section were still intact,
+    ``build_info`` and ``ir`` hold them so that a caller can rebuild from the IR.
+    """
+
+    def __init__(self, reason: str, *, build_info=None, ir=None):
+        self.reason = reason
+        self.build_info = build_info
+        self.ir = ir
+        super().__init__(f"invalid native binary: {reason}")
+
+
+class IncompatibleBinary(KernbinError):
+    """A well-formed native binary that was not built for this device."""
+
+    def __init__(self, reason: str, built_for=None, device=None):
+        self.reason = reason
+        self.built_for = built_for
+        self.device = device
+        super().__init__(f"native binary does not fit this device: {reason}")
+
+
+class TargetError(KernbinError):
+    """A target string that kernbin cannot parse or no backend serves."""
+
+
+class RuntimeNotFound(KernbinError):
+    """The runtime (or a device for it) is missing; the message says what to install."""
+
+
+class RuntimeAPIError(KernbinError):
+    """A runtime call failed. Carries the backend, the API call and the result code."""
+
+    def __init__(self, backend: str, call: str, code: int | None, code_name: str | None,
+                 message: str = "", log: str | None = None):
+        self.backend = backend
+        self.call = call
+        self.code = code
+        self.code_name = code_name
+        self.log = log
+        code_txt = f"{code_name} ({code})" if code_name else (str(code) if code is not None else "error")
+        text = f"{backend}: {call} failed: {code_txt}"
+        if message:
+            text += f": {message}"
+        super().__init__(text)
+
+
+class BuildError(RuntimeAPIError):
+    """A build from IR failed; ``log`` holds the compiler's build log, ``options`` the options."""
+
+    def __init__(self, backend: str, call: str, code: int | None, code_name: str | None,
+                 message: str = "", log: str | None = None, options: str = ""):
+        self.options = options
+        super().__init__(backend, call, code, code_name, message, log)
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        if self.options:
+            text += f"\n  options: {self.options}"
+        if self.log and self.log.strip():
+            text += "\n  build log:\n" + "\n".join("    " + line for line in self.log.strip().splitlines())
+        return text
+
+
+class LaunchError(KernbinError):
+    """A kernel launch was given arguments or sizes it cannot take."""
+
+
+class KernbinWarning(UserWarning):
+    """Base class of kernbin's warnings."""
+
+
+class FallbackWarning(KernbinWarning):
+    """A native binary could not be used and kernbin rebuilt it from the IR."""

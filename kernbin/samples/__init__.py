@@ -1,0 +1,102 @@
+"""Sample kernels shipped with kernbin: OpenCL C sources, their committed SPIR-V
+(made by ``tools/make_samples.sh``), and for each a launch on fresh random inputs
+with its numpy reference. Used by the tests and by ``kernbin bench``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+__all__ = ["Sample", "Launch", "SAMPLES", "spv_path"]
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+@dataclass
+class Launch:
+    global_size: tuple
+    local_size: tuple | None
+    args: list
+    out_index: int           # which argument holds the result
+    expected: np.ndarray
+    rtol: float = 1e-4
+    atol: float = 1e-5
+
+    def correct(self, result: np.ndarray | None = None) -> bool:
+        got = self.args[self.out_index] if result is None else result
+        return bool(np.allclose(got, self.expected, rtol=self.rtol, atol=self.atol))
+
+
+@dataclass(frozen=True)
+class Sample:
+    name: str
+    kernel: str
+    description: str
+    setup: Callable[[np.random.Generator], Launch]
+
+    @property
+    def spv(self) -> str:
+        return spv_path(self.name)
+
+
+def spv_path(name: str) -> str:
+    return os.path.join(HERE, f"{name}.spv")
+
+
+def _f32(rng, *shape):
+    return rng.standard_normal(shape, dtype=np.float32)
+
+
+def _vadd(rng):
+    n = 1 << 16
+    a, b = _f32(rng, n), _f32(rng, n)
+    return Launch((n,), None, [a, b, np.zeros(n, np.float32), np.int32(n)], 2, a + b)
+
+
+def _matmul(rng):
+    m, n, k = 128, 96, 160
+    a, b = _f32(rng, m, k), _f32(rng, k, n)
+    return Launch((n, m), (16, 16), [a, b, np.zeros((m, n), np.float32), np.int32(m), np.int32(n),
+                                     np.int32(k)], 2, a @ b, atol=1e-4)
+
+
+def _softmax(rng):
+    from ..backends.base import LocalMemory
+    rows, n, ls = 64, 1000, 64
+    x = _f32(rng, rows, n) * 3
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    return Launch((rows * ls,), (ls,), [x, np.zeros_like(x), np.int32(n), LocalMemory(ls * 4)], 1,
+                  e / e.sum(axis=1, keepdims=True), atol=1e-6)
+
+
+def _reduce(rng):
+    from ..backends.base import LocalMemory
+    n, groups, ls = 1 << 18, 64, 128
+    g = groups * ls
+    x = _f32(rng, n)
+    expected = x.reshape(-1, g).sum(axis=0, dtype=np.float64).reshape(groups, ls).sum(axis=1)
+    return Launch((g,), (ls,), [x, np.zeros(groups, np.float32), np.int32(n), LocalMemory(ls * 4)], 1,
+                  expected.astype(np.float32), rtol=1e-4, atol=1e-3)
+
+
+def _regheavy(rng):
+    blocks, k, r = 4, 64, 16
+    n = blocks * r
+    a, b = _f32(rng, n, k), _f32(rng, k, n)
+    return Launch((blocks, blocks), None, [a, b, np.zeros((n, n), np.float32), np.int32(k)], 2, a @ b,
+                  atol=1e-4)
+
+
+SAMPLES: dict[str, Sample] = {s.name: s for s in (
+    Sample("vadd", "vadd", "element-wise add of 65536 floats", _vadd),
+    Sample("matmul", "matmul", "128x160 @ 160x96 matmul, 16x16 tiles in local memory", _matmul),
+    Sample("softmax", "softmax", "row softmax, 64 rows x 1000, local-memory tree reductions", _softmax),
+    Sample("reduce", "reduce_sum", "sum of 262144 floats into 64 partial sums, local memory + barriers",
+           _reduce),
+    Sample("regheavy", "regheavy", "16x16 register-blocked matmul per work-item (register-heavy)",
+           _regheavy),
+)}
