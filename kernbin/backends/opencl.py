@@ -25,6 +25,7 @@ import warnings
 from ..artifact import BuildInfo, KernelInfo, NativeBinary
 from ..device import DeviceId
 from ..errors import BuildError, LaunchError, RuntimeAPIError, RuntimeNotFound, TargetError
+from ..formats import opencl_elf
 from ..ir import SpirvModule
 from ..target import Target, parse_target
 from .base import Device, DeviceInfo, Kernel, LocalMemory, Module
@@ -35,7 +36,6 @@ BACKEND = "opencl"
 INSTALL_HINT = ("install Intel's CPU OpenCL runtime: pip install intel-opencl-rt intel-cmplr-lib-rt "
                 "(or a GPU driver with SPIR-V support)")
 _SYSTEM_VENDORS = "/etc/OpenCL/vendors"
-_ELF_MAGIC = b"\x7fELF"
 
 
 def _find_intel_cpu_runtime() -> str | None:
@@ -282,12 +282,9 @@ class OpenCLDevice(Device):
         return "opencl-cpu-elf" if _type_name(self.cl_device) == "cpu" else "opencl-binary"
 
     def check_native(self, binary: bytes) -> str | None:
-        # Intel's CPU and GPU runtimes both produce ELF program binaries.
-        if "Intel" in self.platform.name and not binary.startswith(_ELF_MAGIC):
-            return "not an ELF program binary"
-        if not binary:
-            return "empty binary"
-        return None
+        if self._binary_format() == "opencl-cpu-elf" and "Intel" in self.platform.name:
+            return opencl_elf.quick_check(binary)
+        return None if binary else "empty binary"
 
     def load_native(self, native: NativeBinary) -> "OpenCLModule":
         try:

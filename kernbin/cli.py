@@ -1,0 +1,261 @@
+"""The ``kernbin`` command. Uses the public API only.
+
+Errors print one line (``kernbin: error: ...``) and exit non-zero; ``--debug``
+shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+EXIT_ERROR = 1
+EXIT_NOT_LOADABLE = 2
+
+_EPILOG = """targets: opencl:cpu (Intel CPU runtime, the default), opencl:gpu, opencl:N
+(see `kernbin devices`). Environment: KERNBIN_CACHE_DIR (where kernbin keeps its files)."""
+
+
+def _console(stderr=False):
+    from rich.console import Console
+    return Console(stderr=stderr, highlight=False)
+
+
+def _print_json(obj) -> None:
+    print(json.dumps(obj, indent=2, sort_keys=False))
+
+
+# -- commands ------------------------------------------------------------------
+
+def cmd_devices(args) -> int:
+    import kernbin
+    devices = kernbin.list_devices()
+    if args.json:
+        _print_json([d.to_json() for d in devices])
+        return 0
+    if not devices:
+        print("no devices found. For the CPU OpenCL runtime: pip install intel-opencl-rt intel-cmplr-lib-rt")
+        return 0
+    from rich.table import Table
+    t = Table("target", "type", "name", "arch", "driver", "SPIR-V", "fingerprint", box=None)
+    for d in devices:
+        j = d.to_json()
+        t.add_row(d.target, d.type, d.id.name, d.id.arch, d.id.driver_version,
+                  " ".join(j.get("spirv", [])) or f"[red]{d.note}[/]", d.id.fingerprint)
+    _console().print(t)
+    return 0
+
+
+def cmd_build(args) -> int:
+    import kernbin
+    ir = kernbin.read_ir(args.input)
+    native = kernbin.build(ir, args.target, args.options)
+    if args.no_ir:
+        native = native.without_ir()
+    native.save(args.output)
+    if args.json:
+        _print_json({"output": args.output, "target": native.info.target, "sha256": native.sha256,
+                     "bytes": len(native.binary), "kernels": list(native.kernel_names),
+                     "build_seconds": native.info.build_seconds})
+    else:
+        print(f"{args.output}: {len(native.binary)} bytes of {native.info.binary_format} for "
+              f"{native.info.device.describe()}, kernels {', '.join(native.kernel_names)} "
+              f"(built in {native.info.build_seconds * 1e3:.1f} ms)")
+    return 0
+
+
+def _inspect_obj(path: str) -> dict:
+    import kernbin
+    with open(path, "rb") as f:
+        data = f.read()
+    if data[:4] in (b"\x03\x02\x23\x07", b"\x07\x23\x02\x03"):
+        ir = kernbin.SpirvModule.from_bytes(data)
+        return {"file": path, "kind": "spirv", "bytes": len(data), "version": "%d.%d" % ir.version,
+                "sha256": ir.sha256, "kernels": [{"name": n} for n in ir.entry_points]}
+    nb = kernbin.NativeBinary.from_bytes(data)
+    info = nb.info
+    out = {"file": path, "kind": "knb", "bytes": len(data), "target": info.target,
+           "binary_format": info.binary_format, "binary_bytes": len(nb.binary), "sha256": nb.sha256,
+           "device": info.device.to_json(), "device_fingerprint": info.device.fingerprint,
+           "options": info.options, "ir": {"kind": info.ir_kind, "sha256": info.ir_sha256,
+                                           "embedded": nb.ir is not None},
+           "tools": dict(info.tools), "build_seconds": info.build_seconds,
+           "kernels": [{"name": k.name, **k.attributes} for k in info.kernels]}
+    if info.binary_format == "opencl-cpu-elf":
+        from kernbin.formats import opencl_elf
+        out["container"] = opencl_elf.describe(nb.binary)
+    if info.build_log:
+        out["build_log"] = info.build_log
+    return out
+
+
+def cmd_inspect(args) -> int:
+    obj = _inspect_obj(args.file)
+    if args.json:
+        _print_json(obj)
+        return 0
+    from rich.table import Table
+    c = _console()
+    if obj["kind"] == "spirv":
+        c.print(f"[bold]{obj['file']}[/]: SPIR-V {obj['version']}, {obj['bytes']} bytes, sha256 {obj['sha256'][:16]}")
+        c.print("kernels: " + ", ".join(k["name"] for k in obj["kernels"]))
+        return 0
+    d = obj["device"]
+    c.print(f"[bold]{obj['file']}[/]: {obj['binary_format']}, {obj['binary_bytes']} bytes "
+            f"(sha256 {obj['sha256'][:16]}), target {obj['target']}")
+    c.print(f"device: {d['name']} [{d['vendor']}] arch {d['arch']}, driver {d['driver_version']}, "
+            f"compiler {d['compiler_version']} (fingerprint {obj['device_fingerprint']})")
+    c.print(f"built from {obj['ir']['kind']} {obj['ir']['sha256'][:16]} "
+            f"({'embedded' if obj['ir']['embedded'] else 'not embedded'}) with options "
+            f"{obj['options'] or '(none)'} in {obj['build_seconds'] * 1e3:.1f} ms")
+    keys = sorted({k for kern in obj["kernels"] for k in kern if k != "name"})
+    t = Table("kernel", *keys, box=None)
+    for kern in obj["kernels"]:
+        t.add_row(kern["name"], *(str(kern.get(k, "")) for k in keys))
+    c.print(t)
+    if "container" in obj:
+        secs = ", ".join(f"{k} {v}" for k, v in obj["container"]["sections"].items())
+        c.print(f"sections: {secs}")
+    return 0
+
+
+def cmd_check(args) -> int:
+    import kernbin
+    res = kernbin.check(args.file, args.target)
+    if args.json:
+        _print_json(res)
+    elif res["ok"]:
+        print(f"ok: {args.file} loads natively on {res['device']}; kernels: "
+              + ", ".join(k["name"] for k in res["kernels"]))
+    else:
+        print(f"not loadable: {res['reason']}")
+    return 0 if res["ok"] else EXIT_NOT_LOADABLE
+
+
+def cmd_bench(args) -> int:
+    from kernbin.bench import MODES, plot, run_bench
+    from kernbin.samples import SAMPLES
+    names = args.kernels.split(",") if args.kernels else list(SAMPLES)
+    unknown = [n for n in names if n not in SAMPLES]
+    if unknown:
+        raise SystemExit(f"kernbin: error: unknown sample kernel(s) {', '.join(unknown)} "
+                         f"(have {', '.join(SAMPLES)})")
+    total = args.repeat * len(names) * len(MODES)
+    if sys.stderr.isatty() and not args.json:
+        from rich.progress import Progress
+        with Progress(console=_console(stderr=True), transient=True) as prog:
+            task = prog.add_task("fresh-process runs", total=total)
+            report = run_bench(args.target, args.repeat, names, progress=lambda: prog.advance(task))
+    else:
+        report = run_bench(args.target, args.repeat, names)
+    if args.plot:
+        plot(report, args.plot)
+    if args.json:
+        out = dict(report)
+        out["kernels"] = [{k: v for k, v in r.items() if k != "runs"} for r in report["kernels"]]
+        _print_json(out)
+    else:
+        from rich.table import Table
+        t = Table("kernel", "from IR (ms)", "native (ms)", "raw binary (ms)", "IR/native", "native/raw",
+                  "correct", box=None, title=f"{report['target']}: {report['device']}, "
+                  f"median of {report['repeat']} fresh processes")
+        for r in report["kernels"]:
+            t.add_row(r["name"], f"{r['ir_s'] * 1e3:.2f}", f"{r['native_s'] * 1e3:.2f}",
+                      f"{r['raw_native_s'] * 1e3:.2f}", f"{r['ratio']:.1f}x", f"{r['overhead']:.2f}x",
+                      "yes" if r["correct"] else "[red]NO[/]")
+        c = _console()
+        c.print(t)
+        c.print(f"aggregate IR/native: [bold]{report['ratio']:.1f}x[/]; kernbin native vs raw pyopencl "
+                f"binary load: {report['native_over_raw']:.2f}x")
+        if args.plot:
+            c.print(f"plot: {args.plot}")
+    return 0 if all(r["correct"] for r in report["kernels"]) else EXIT_ERROR
+
+
+# -- parser ----------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="kernbin", epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Compile GPU kernels once into native device binaries and load them back with zero JIT.")
+    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    p.add_argument("--version", action="version", version=f"kernbin {_version()}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    s = sub.add_parser("devices", help="list the devices kernbin can build for and load on")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.set_defaults(func=cmd_devices)
+
+    s = sub.add_parser("build", help="build SPIR-V into a native binary (.knb)",
+                       description="Build SPIR-V into a native device binary and write it as a .knb file "
+                                   "(device binary + build info + checksums + the IR, for fallback).")
+    s.add_argument("input", help="SPIR-V file (.spv)")
+    s.add_argument("--target", "-t", default="opencl:cpu", help="target device (default: opencl:cpu)")
+    s.add_argument("--output", "-o", required=True, help="output .knb file")
+    s.add_argument("--options", default="", help='build options passed to the compiler, e.g. "-cl-fast-relaxed-math"')
+    s.add_argument("--no-ir", action="store_true", help="do not embed the IR (no fallback from this file alone)")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.set_defaults(func=cmd_build)
+
+    s = sub.add_parser("inspect", help="show what is inside a .knb or .spv file, per kernel")
+    s.add_argument("file")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.set_defaults(func=cmd_inspect)
+
+    s = sub.add_parser("check", help="verify a .knb and load it natively on a device",
+                       description="Verify integrity and compatibility, load natively (no fallback), list "
+                                   "kernels. Exit 0 when it loads natively, 2 with a one-line reason otherwise.")
+    s.add_argument("file")
+    s.add_argument("--target", "-t", default="opencl:cpu")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.set_defaults(func=cmd_check)
+
+    s = sub.add_parser("bench", help="time to first result: build from IR vs load the native binary",
+                       description="For each sample kernel, each repetition in a fresh process: time from "
+                                   "handing the bytes to the runtime to the first correct result, from IR, "
+                                   "from kernbin's native binary, and from the bare binary via raw pyopencl.")
+    s.add_argument("--target", "-t", default="opencl:cpu")
+    s.add_argument("--repeat", "-n", type=int, default=5, help="fresh processes per kernel and path (default 5)")
+    s.add_argument("--kernels", help="comma-separated subset of the sample kernels")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.add_argument("--plot", metavar="PNG", help="draw the comparison into this PNG (needs matplotlib)")
+    s.set_defaults(func=cmd_bench)
+    return p
+
+
+def _version() -> str:
+    from kernbin import __version__
+    return __version__
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "repeat", 1) < 1:
+        print("kernbin: error: --repeat must be at least 1", file=sys.stderr)
+        return EXIT_ERROR
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # noqa: BLE001 - one clear line unless --debug
+        from kernbin.errors import KernbinError
+        if args.debug:
+            raise
+        if isinstance(e, KernbinError):
+            msg = str(e)
+        elif isinstance(e, OSError):
+            msg = f"{e.strerror or e}: {e.filename}" if e.filename else str(e)
+        else:
+            msg = f"{type(e).__name__}: {e} (run with --debug for the traceback)"
+        first, *rest = msg.splitlines() or [""]
+        print(f"kernbin: error: {first}", file=sys.stderr)
+        for line in rest:   # a build log stays readable, but the first line says it all
+            print(line, file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())
