@@ -195,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("input", help="SPIR-V file (.spv)")
     s.add_argument("--target", "-t", default="opencl:cpu", help="target device (default: opencl:cpu)")
     s.add_argument("--output", "-o", required=True, help="output .knb file")
-    s.add_argument("--options", default="", help='build options passed to the compiler, e.g. "-cl-fast-relaxed-math"')
+    s.add_argument("--options", default="", help='build options passed to the compiler; write --options="-cl-fast-relaxed-math" (with =) since they start with -')
     s.add_argument("--no-ir", action="store_true", help="do not embed the IR (no fallback from this file alone)")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=cmd_build)

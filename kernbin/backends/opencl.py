@@ -103,8 +103,11 @@ _STATUS_NAMES = {v: f"CL_{k}" for k, v in vars(cl.status_code).items() if isinst
 def _api_error(e: "cl.Error", call: str | None = None, cls=RuntimeAPIError, **kw):
     code = getattr(e, "code", None)
     routine = call or getattr(e, "routine", None) or "OpenCL call"
-    what = getattr(e, "what", None) or str(e)
-    msg = str(what).split("\n")[0]
+    # pyopencl's text is "routine failed: CODE - detail"; keep only the detail
+    msg = str(e).split("\n")[0]
+    msg = msg.split(" - ", 1)[1] if " - " in msg else ""
+    if msg.startswith(f"{routine} failed:"):
+        msg = ""
     return cls(BACKEND, routine, code, _STATUS_NAMES.get(code), msg, **kw)
 
 

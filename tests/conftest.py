@@ -1,0 +1,56 @@
+import os
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+import pytest
+
+# kernbin writes its ICD vendors directory under KERNBIN_CACHE_DIR; keep tests out of $HOME.
+os.environ.setdefault("KERNBIN_CACHE_DIR", tempfile.mkdtemp(prefix="kernbin-test-cache-"))
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng()
+
+
+_cpu = None
+
+
+def _open_cpu():
+    global _cpu
+    if _cpu is None:
+        import kernbin
+        try:
+            _cpu = kernbin.open_device("opencl:cpu")
+        except kernbin.KernbinError as e:
+            _cpu = e
+    return _cpu
+
+
+@pytest.fixture
+def cpu():
+    """The real Intel CPU OpenCL device; skips (with the reason) when it is not installed."""
+    dev = _open_cpu()
+    if isinstance(dev, Exception):
+        pytest.skip(f"no OpenCL CPU device with SPIR-V support: {dev}")
+    return dev
+
+
+def run_py(code: str, env=None, **kw) -> subprocess.CompletedProcess:
+    """Run Python code in a fresh process with kernbin importable."""
+    e = dict(os.environ)
+    e.update(env or {})
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=e,
+                          cwd=ROOT, timeout=300, **kw)
+
+
+def run_cli(*args, env=None) -> subprocess.CompletedProcess:
+    e = dict(os.environ)
+    e.update(env or {})
+    return subprocess.run([sys.executable, "-m", "kernbin", *args], capture_output=True, text=True,
+                          env=e, cwd=ROOT, timeout=600)
