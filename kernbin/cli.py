@@ -91,6 +91,10 @@ def _inspect_obj(path: str) -> dict:
     return out
 
 
+_SHORT = {"max_work_group_size": "max wg", "preferred_work_group_size_multiple": "wg multiple",
+          "private_mem_size": "private B", "local_mem_size": "local B", "num_args": "args"}
+
+
 def cmd_inspect(args) -> int:
     obj = _inspect_obj(args.file)
     if args.json:
@@ -111,7 +115,7 @@ def cmd_inspect(args) -> int:
             f"({'embedded' if obj['ir']['embedded'] else 'not embedded'}) with options "
             f"{obj['options'] or '(none)'} in {obj['build_seconds'] * 1e3:.1f} ms")
     keys = sorted({k for kern in obj["kernels"] for k in kern if k != "name"})
-    t = Table("kernel", *keys, box=None)
+    t = Table("kernel", *(_SHORT.get(k, k) for k in keys), box=None)
     for kern in obj["kernels"]:
         t.add_row(kern["name"], *(str(kern.get(k, "")) for k in keys))
     c.print(t)
