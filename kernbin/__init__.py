@@ -24,6 +24,7 @@ _LAZY = {
     "Target": "target", "parse_target": "target",
     "LocalMemory": "backends.base",
     "list_devices": "api", "open_device": "api", "build": "api", "load": "api", "check": "api",
+    "get_or_build": "api", "default_cache": "api",
 }
 
 __all__ = ["__version__", "BuildError", "FallbackWarning", "IncompatibleBinary", "InvalidBinary",

@@ -25,7 +25,7 @@ from .errors import (BuildError, FallbackWarning, IncompatibleBinary, InvalidBin
 from .ir import SpirvModule, read_ir
 from .target import Target, parse_target
 
-__all__ = ["list_devices", "open_device", "build", "load", "check"]
+__all__ = ["list_devices", "open_device", "build", "load", "check", "get_or_build", "default_cache"]
 
 
 def list_devices(backends=None) -> list:
@@ -151,5 +151,33 @@ def check(native, target="opencl:cpu") -> dict:
     return result
 
 
-def _strip_ir(native: NativeBinary) -> NativeBinary:  # used by the CLI
-    return replace(native, ir=None)
+_caches: dict = {}
+
+
+def default_cache():
+    """The cache configured by the environment (``KERNBIN_CACHE_DIR``, ``KERNBIN_CACHE_MAX_SIZE``,
+    ``KERNBIN_REMOTE``, ``KERNBIN_CACHE_HMAC_KEY``), one per configuration per process."""
+    from .cache import Cache
+    conf = tuple(os.environ.get(k) for k in ("KERNBIN_CACHE_DIR", "KERNBIN_CACHE_MAX_SIZE", "KERNBIN_REMOTE",
+                                              "KERNBIN_CACHE_HMAC_KEY"))
+    cache = _caches.get(conf)
+    if cache is None:
+        cache = _caches[conf] = Cache.from_env()
+    return cache
+
+
+def get_or_build_ex(ir, target="opencl:cpu", options: str = "", *, cache=None) -> tuple[NativeBinary, bool]:
+    """Like :func:`get_or_build`, also saying whether it was a cache hit."""
+    from .cache import cache_key
+    device = _device(target)
+    ir = read_ir(ir)
+    cache = cache or default_cache()
+    key = cache_key(ir.sha256, device.id.backend, device.id, options)
+    native, hit = cache.get_or_build(key, lambda: device.build(ir, options))
+    return (native if native.ir is not None else replace(native, ir=ir)), hit
+
+
+def get_or_build(ir, target="opencl:cpu", options: str = "", *, cache=None) -> NativeBinary:
+    """The native binary for (IR, device, options): from the cache when it holds a verified
+    entry, else built, stored, and returned. Concurrent processes build a missing key once."""
+    return get_or_build_ex(ir, target, options, cache=cache)[0]

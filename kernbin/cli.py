@@ -15,7 +15,8 @@ EXIT_ERROR = 1
 EXIT_NOT_LOADABLE = 2
 
 _EPILOG = """targets: opencl:cpu (Intel CPU runtime, the default), opencl:gpu, opencl:N
-(see `kernbin devices`). Environment: KERNBIN_CACHE_DIR (where kernbin keeps its files)."""
+(see `kernbin devices`). Environment: KERNBIN_CACHE_DIR (cache directory), KERNBIN_CACHE_MAX_SIZE
+(e.g. 2G), KERNBIN_REMOTE (redis://host:port/db), KERNBIN_CACHE_HMAC_KEY (sign/verify remote entries)."""
 
 
 def _console(stderr=False):
@@ -51,18 +52,23 @@ def cmd_devices(args) -> int:
 def cmd_build(args) -> int:
     import kernbin
     ir = kernbin.read_ir(args.input)
-    native = kernbin.build(ir, args.target, args.options)
+    hit = False
+    if args.no_cache:
+        native = kernbin.build(ir, args.target, args.options)
+    else:
+        from kernbin.api import get_or_build_ex
+        native, hit = get_or_build_ex(ir, args.target, args.options)
     if args.no_ir:
         native = native.without_ir()
     native.save(args.output)
     if args.json:
         _print_json({"output": args.output, "target": native.info.target, "sha256": native.sha256,
                      "bytes": len(native.binary), "kernels": list(native.kernel_names),
-                     "build_seconds": native.info.build_seconds})
+                     "build_seconds": native.info.build_seconds, "cache_hit": hit})
     else:
+        how = "from the cache" if hit else f"built in {native.info.build_seconds * 1e3:.1f} ms"
         print(f"{args.output}: {len(native.binary)} bytes of {native.info.binary_format} for "
-              f"{native.info.device.describe()}, kernels {', '.join(native.kernel_names)} "
-              f"(built in {native.info.build_seconds * 1e3:.1f} ms)")
+              f"{native.info.device.describe()}, kernels {', '.join(native.kernel_names)} ({how})")
     return 0
 
 
@@ -138,6 +144,79 @@ def cmd_check(args) -> int:
     return 0 if res["ok"] else EXIT_NOT_LOADABLE
 
 
+def _cache():
+    from kernbin.cache import Cache
+    return Cache.from_env()
+
+
+def cmd_cache_stats(args) -> int:
+    st = _cache().stats()
+    if args.json:
+        _print_json(st)
+        return 0
+    from rich.table import Table
+    t = Table("counter", "value", box=None, title=f"kernbin cache at {_cache().local.root}")
+    for k, v in st.items():
+        if k == "bytes" or (k == "max_size" and v):
+            v = f"{v} ({_human(v)})"
+        t.add_row(k, str(v))
+    _console().print(t)
+    return 0
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return str(n)
+
+
+def cmd_cache_ls(args) -> int:
+    import time
+    cache = _cache()
+    rows = []
+    for e in reversed(cache.local.entries()):     # most recently used first
+        native = cache.local.get(e["key"], touch=False) if args.verify else None
+        row = {"key": e["key"], "size": e["size"], "last_used": e["last_used"]}
+        if args.verify:
+            row["valid"] = native is not None
+            if native is not None:
+                row.update(target=native.info.target, kernels=list(native.kernel_names),
+                           device=native.info.device.name)
+        rows.append(row)
+    if args.json:
+        _print_json(rows)
+        return 0
+    for r in rows:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["last_used"]))
+        extra = ""
+        if args.verify:
+            extra = f"  {r.get('target', '')} {','.join(r.get('kernels', []))}" if r["valid"] else "  CORRUPT (removed)"
+        print(f"{r['key'][:16]}  {_human(r['size']):>10}  {when}{extra}")
+    if not rows:
+        print("(empty)")
+    return 0
+
+
+def cmd_cache_prune(args) -> int:
+    from kernbin.cache import parse_size
+    cache = _cache()
+    limit = parse_size(args.max_size) if args.max_size else cache.local.max_size
+    evicted = cache.local.prune(limit)
+    if args.json:
+        _print_json({"evicted": evicted, "max_size": limit})
+    else:
+        print(f"evicted {len(evicted)} entries (least recently used first); limit {_human(limit)}")
+    return 0
+
+
+def cmd_cache_clear(args) -> int:
+    n = _cache().local.clear()
+    print(f"removed {n} entries")
+    return 0
+
+
 def cmd_bench(args) -> int:
     from kernbin.bench import MODES, plot, run_bench
     from kernbin.samples import SAMPLES
@@ -201,6 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--output", "-o", required=True, help="output .knb file")
     s.add_argument("--options", default="", help='build options passed to the compiler; write --options="-cl-fast-relaxed-math" (with =) since they start with -')
     s.add_argument("--no-ir", action="store_true", help="do not embed the IR (no fallback from this file alone)")
+    s.add_argument("--no-cache", action="store_true", help="build even if the cache holds this binary, "
+                   "and do not store it")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=cmd_build)
 
@@ -216,6 +297,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--target", "-t", default="opencl:cpu")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=cmd_check)
+
+    s = sub.add_parser("cache", help="the native-binary cache: stats, ls, prune, clear",
+                       description="The local cache at KERNBIN_CACHE_DIR (bounded by KERNBIN_CACHE_MAX_SIZE, "
+                                   "default 2G) and, with KERNBIN_REMOTE=redis://host:port/db, a Redis tier.")
+    csub = s.add_subparsers(dest="cache_command", metavar="ACTION")
+    csub.required = True
+    c = csub.add_parser("stats", help="entries, bytes, hits, misses, builds, corrupt, ...")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_cache_stats)
+    c = csub.add_parser("ls", help="entries, most recently used first")
+    c.add_argument("--verify", action="store_true", help="read and verify each entry (removes corrupt ones)")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_cache_ls)
+    c = csub.add_parser("prune", help="evict least-recently-used entries down to a size")
+    c.add_argument("--max-size", help="e.g. 500M, 2G (default: KERNBIN_CACHE_MAX_SIZE or 2G)")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_cache_prune)
+    c = csub.add_parser("clear", help="remove every local entry")
+    c.set_defaults(func=cmd_cache_clear)
 
     s = sub.add_parser("bench", help="time to first result: build from IR vs load the native binary",
                        description="For each sample kernel, each repetition in a fresh process: time from "
