@@ -111,3 +111,28 @@ def test_bench_json_small(tmp_path):
     assert rep["ratio"] == pytest.approx(sum(k["ir_s"] for k in rep["kernels"]) /
                                          sum(k["native_s"] for k in rep["kernels"]))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_build_goes_through_the_cache_and_cache_commands(tmp_path):
+    env = {"KERNBIN_CACHE_DIR": str(tmp_path / "cache")}
+    out = str(tmp_path / "v.knb")
+    first = run_cli("build", SAMPLES["vadd"].spv, "-o", out, "--json", env=env)
+    if "no OpenCL" in first.stderr:
+        pytest.skip(first.stderr.strip())
+    assert first.returncode == 0, first.stderr
+    second = run_cli("build", SAMPLES["vadd"].spv, "-o", out, "--json", env=env)
+    assert json.loads(first.stdout)["cache_hit"] is False and json.loads(second.stdout)["cache_hit"] is True
+    assert json.loads(first.stdout)["sha256"] == json.loads(second.stdout)["sha256"]
+    bypass = run_cli("build", SAMPLES["vadd"].spv, "-o", out, "--json", "--no-cache", env=env)
+    assert json.loads(bypass.stdout)["cache_hit"] is False
+    stats = json.loads(run_cli("cache", "stats", "--json", env=env).stdout)
+    assert {k: stats[k] for k in ("entries", "hits", "misses", "builds", "corrupt")} == \
+        {"entries": 1, "hits": 1, "misses": 1, "builds": 1, "corrupt": 0}
+    assert stats["bytes"] > 0
+    listing = json.loads(run_cli("cache", "ls", "--verify", "--json", env=env).stdout)
+    assert len(listing) == 1 and listing[0]["valid"] and listing[0]["kernels"] == ["vadd"]
+    pruned = json.loads(run_cli("cache", "prune", "--max-size", "0", "--json", env=env).stdout)
+    assert pruned["evicted"] == [listing[0]["key"]]
+    assert json.loads(run_cli("cache", "stats", "--json", env=env).stdout)["entries"] == 0
+    assert run_cli("cache", "clear", env=env).returncode == 0
+    assert "bad size" in run_cli("cache", "prune", "--max-size", "huge", env=env).stderr
