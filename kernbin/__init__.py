@@ -23,7 +23,7 @@ _LAZY = {
     "NativeBinary": "artifact", "BuildInfo": "artifact", "KernelInfo": "artifact",
     "Target": "target", "parse_target": "target",
     "LocalMemory": "backends.base",
-    "list_devices": "api", "open_device": "api", "build": "api", "load": "api", "check": "api",
+    "list_devices": "api", "open_device": "api", "build": "api", "build_many": "api", "load": "api", "check": "api",
     "get_or_build": "api", "default_cache": "api",
 }
 

@@ -21,11 +21,12 @@ from dataclasses import replace
 
 from .artifact import NativeBinary
 from .errors import (BuildError, FallbackWarning, IncompatibleBinary, InvalidBinary, KernbinError,
-                     RuntimeAPIError)
+                     RuntimeAPIError, RuntimeNotFound)
 from .ir import SpirvModule, read_ir
 from .target import Target, parse_target
 
-__all__ = ["list_devices", "open_device", "build", "load", "check", "get_or_build", "default_cache"]
+__all__ = ["list_devices", "open_device", "build", "build_many", "load", "check", "get_or_build",
+           "default_cache"]
 
 
 def list_devices(backends=None) -> list:
@@ -54,18 +55,77 @@ def _device(target_or_device):
     return target_or_device
 
 
-def build(ir, target="opencl:cpu", options: str = "") -> NativeBinary:
+def build(ir, target="opencl:cpu", options: str = "", *, grf: str = "default",
+          spill_threshold: int | None = None) -> NativeBinary:
     """Build IR (a :class:`SpirvModule`, SPIR-V bytes or a path) into a native binary.
 
-    The returned binary embeds the IR, so a loader can fall back to it.
+    ``grf`` picks the register-file policy (``default``, ``small``, ``large``, ``auto``;
+    see :mod:`kernbin.policy`) on targets that have one. The returned binary embeds
+    the IR, so a loader can fall back to it.
     """
-    return _device(target).build(read_ir(ir), options)
+    device = _device(target)
+    return _build_on(device, read_ir(ir), options, _policy(grf, spill_threshold))
+
+
+def _policy(grf: str, spill_threshold: int | None):
+    from .policy import DEFAULT_SPILL_THRESHOLD, GrfPolicy
+    return GrfPolicy(grf, DEFAULT_SPILL_THRESHOLD if spill_threshold is None else spill_threshold)
+
+
+def _build_on(device, ir: SpirvModule, options: str, policy) -> NativeBinary:
+    from .policy import build_with_policy
+    return build_with_policy(lambda opts: device.build(ir, opts), options, policy,
+                             getattr(device, "grf_flags", None), what=str(device.target))
+
+
+def _build_job(ir_bytes: bytes, target: str, options: str, grf: str, spill_threshold, use_cache: bool):
+    """One target of :func:`build_many`, in a worker process: returns (.knb bytes, cache hit)."""
+    if use_cache:
+        native, hit = get_or_build_ex(ir_bytes, target, options, grf=grf, spill_threshold=spill_threshold)
+    else:
+        native, hit = build(ir_bytes, target, options, grf=grf, spill_threshold=spill_threshold), False
+    return native.to_bytes(), hit
+
+
+def build_many(ir, targets, options: str = "", *, grf: str = "default", spill_threshold: int | None = None,
+               jobs: int | None = None, use_cache: bool = True, progress=None) -> dict:
+    """Build one IR for several targets in parallel worker processes (one per core by default).
+
+    Returns ``{target: (NativeBinary, cache_hit)}`` in the order given. ``progress(target)``
+    is called as each finishes. Workers are separate processes: offline compilers keep
+    global state and are not safe to run in threads.
+    """
+    ir = read_ir(ir)
+    targets = [str(parse_target(t)) for t in targets]
+    _policy(grf, spill_threshold)        # validate before starting workers
+    jobs = max(1, min(jobs or os.cpu_count() or 1, len(targets)))
+    results = {}
+    if jobs == 1:
+        for t in targets:
+            data, hit = _build_job(ir.data, t, options, grf, spill_threshold, use_cache)
+            results[t] = (NativeBinary.from_bytes(data), hit)
+            if progress:
+                progress(t)
+        return results
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+        futures = {pool.submit(_build_job, ir.data, t, options, grf, spill_threshold, use_cache): t
+                   for t in targets}
+        for fut in as_completed(futures):
+            t = futures[fut]
+            data, hit = fut.result()
+            results[t] = (NativeBinary.from_bytes(data), hit)
+            if progress:
+                progress(t)
+    return {t: results[t] for t in targets}
 
 
 _warned: set[tuple[str, str]] = set()
 
 
-def _fallback(device, ir: SpirvModule | None, options: str | None, reason: str, error: Exception):
+def _fallback(device, ir: SpirvModule | None, options: str | None, reason: str, error: Exception,
+              previous=None):
     if ir is None:
         raise error
     if options is None:
@@ -76,6 +136,10 @@ def _fallback(device, ir: SpirvModule | None, options: str | None, reason: str, 
         warnings.warn(f"kernbin: rebuilding from IR for {device.target}: {reason}", FallbackWarning,
                       stacklevel=3)
     native = device.build(ir, options)
+    if previous is not None and "policy" in previous.extra:   # keep what keys the cache
+        extra = dict(native.info.extra)
+        extra.update({k: previous.extra[k] for k in ("policy", "requested_options", "grf") if k in previous.extra})
+        native = replace(native, info=replace(native.info, extra=extra))
     module = device.load_native(native)
     module.source = "ir"
     module.fallback_reason = reason
@@ -112,7 +176,7 @@ def load(native, target="opencl:cpu", *, ir=None, fallback: bool = True):
             use_ir = e.ir or given_ir
             if use_ir is not None and info is not None and use_ir.sha256 != info.ir_sha256:
                 raise KernbinError("the IR given does not match the IR this binary was built from") from e
-            return _fallback(device, use_ir, info.options if info else None, e.reason, e)
+            return _fallback(device, use_ir, info.options if info else None, e.reason, e, info)
     use_ir = native.ir or given_ir
     if given_ir is not None and given_ir.sha256 != native.info.ir_sha256:
         raise KernbinError("the IR given does not match the IR this binary was built from "
@@ -123,11 +187,12 @@ def load(native, target="opencl:cpu", *, ir=None, fallback: bool = True):
     except (IncompatibleBinary, InvalidBinary) as e:
         if not fallback:
             raise
-        return _fallback(device, use_ir, native.info.options, e.reason, e)
+        return _fallback(device, use_ir, native.info.options, e.reason, e, native.info)
     except RuntimeAPIError as e:
         if not fallback or isinstance(e, BuildError) and e.call != "clBuildProgram":
             raise
-        return _fallback(device, use_ir, native.info.options, f"the runtime rejected the binary: {e}", e)
+        return _fallback(device, use_ir, native.info.options, f"the runtime rejected the binary: {e}", e,
+                         native.info)
 
 
 def check(native, target="opencl:cpu") -> dict:
@@ -146,8 +211,8 @@ def check(native, target="opencl:cpu") -> dict:
         module = load(native, device, fallback=False)
         result["ok"] = True
         result["kernels"] = [{"name": n, **module.kernel(n).attributes} for n in module.kernel_names]
-    except (InvalidBinary, IncompatibleBinary, RuntimeAPIError) as e:
-        result["reason"] = str(e)
+    except (InvalidBinary, IncompatibleBinary, RuntimeAPIError, RuntimeNotFound) as e:
+        result["reason"] = str(e)         # RuntimeNotFound here: an offline target cannot load
     return result
 
 
@@ -166,18 +231,22 @@ def default_cache():
     return cache
 
 
-def get_or_build_ex(ir, target="opencl:cpu", options: str = "", *, cache=None) -> tuple[NativeBinary, bool]:
+def get_or_build_ex(ir, target="opencl:cpu", options: str = "", *, grf: str = "default",
+                    spill_threshold: int | None = None, cache=None) -> tuple[NativeBinary, bool]:
     """Like :func:`get_or_build`, also saying whether it was a cache hit."""
     from .cache import cache_key
     device = _device(target)
     ir = read_ir(ir)
+    policy = _policy(grf, spill_threshold)
     cache = cache or default_cache()
-    key = cache_key(ir.sha256, device.id.backend, device.id, options)
-    native, hit = cache.get_or_build(key, lambda: device.build(ir, options))
+    key = cache_key(ir.sha256, device.id.backend, device.id, options, policy.key())
+    native, hit = cache.get_or_build(key, lambda: _build_on(device, ir, options, policy))
     return (native if native.ir is not None else replace(native, ir=ir)), hit
 
 
-def get_or_build(ir, target="opencl:cpu", options: str = "", *, cache=None) -> NativeBinary:
-    """The native binary for (IR, device, options): from the cache when it holds a verified
-    entry, else built, stored, and returned. Concurrent processes build a missing key once."""
-    return get_or_build_ex(ir, target, options, cache=cache)[0]
+def get_or_build(ir, target="opencl:cpu", options: str = "", *, grf: str = "default",
+                 spill_threshold: int | None = None, cache=None) -> NativeBinary:
+    """The native binary for (IR, device, options, register-file policy): from the cache when
+    it holds a verified entry, else built, stored, and returned. Concurrent processes build a
+    missing key once."""
+    return get_or_build_ex(ir, target, options, grf=grf, spill_threshold=spill_threshold, cache=cache)[0]

@@ -14,8 +14,8 @@ import sys
 EXIT_ERROR = 1
 EXIT_NOT_LOADABLE = 2
 
-_EPILOG = """targets: opencl:cpu (Intel CPU runtime, the default), opencl:gpu, opencl:N
-(see `kernbin devices`). Environment: KERNBIN_CACHE_DIR (cache directory), KERNBIN_CACHE_MAX_SIZE
+_EPILOG = """targets: opencl:cpu (Intel CPU runtime, the default), opencl:gpu, opencl:N, ocloc:<device>
+(offline Intel GPU builds, e.g. ocloc:pvc, ocloc:acm-g10, ocloc:tgllp; see `kernbin devices`). Environment: KERNBIN_CACHE_DIR (cache directory), KERNBIN_CACHE_MAX_SIZE
 (e.g. 2G), KERNBIN_REMOTE (redis://host:port/db), KERNBIN_CACHE_HMAC_KEY (sign/verify remote entries)."""
 
 
@@ -52,34 +52,70 @@ def cmd_devices(args) -> int:
 def cmd_build(args) -> int:
     import kernbin
     ir = kernbin.read_ir(args.input)
-    hit = False
-    if args.no_cache:
-        native = kernbin.build(ir, args.target, args.options)
-    else:
+    targets = args.target or ["opencl:cpu"]
+    if len(set(targets)) != len(targets):
+        raise kernbin.KernbinError("a --target is given twice")
+    if len(targets) == 1:
+        outputs = {targets[0]: args.output}
+    else:   # several targets: -o names a directory, one .knb per target
+        os.makedirs(args.output, exist_ok=True)
+        stem = os.path.splitext(os.path.basename(args.input))[0]
+        outputs = {t: os.path.join(args.output, f"{stem}.{t.replace(':', '-')}.knb") for t in targets}
+    kw = dict(grf=args.grf, spill_threshold=args.spill_threshold)
+    if len(targets) == 1:
         from kernbin.api import get_or_build_ex
-        native, hit = get_or_build_ex(ir, args.target, args.options)
-    if args.no_ir:
-        native = native.without_ir()
-    native.save(args.output)
-    if args.json:
-        _print_json({"output": args.output, "target": native.info.target, "sha256": native.sha256,
-                     "bytes": len(native.binary), "kernels": list(native.kernel_names),
-                     "build_seconds": native.info.build_seconds, "cache_hit": hit})
+        t = targets[0]
+        results = {t: get_or_build_ex(ir, t, args.options, **kw) if not args.no_cache
+                   else (kernbin.build(ir, t, args.options, **kw), False)}
+    elif sys.stderr.isatty() and not args.json:
+        from rich.progress import Progress
+        with Progress(console=_console(stderr=True), transient=True) as prog:
+            task = prog.add_task(f"building for {len(targets)} targets", total=len(targets))
+            results = kernbin.build_many(ir, targets, args.options, jobs=args.jobs, use_cache=not args.no_cache,
+                                         progress=lambda t: prog.advance(task), **kw)
     else:
-        how = "from the cache" if hit else f"built in {native.info.build_seconds * 1e3:.1f} ms"
-        print(f"{args.output}: {len(native.binary)} bytes of {native.info.binary_format} for "
-              f"{native.info.device.describe()}, kernels {', '.join(native.kernel_names)} ({how})")
+        results = kernbin.build_many(ir, targets, args.options, jobs=args.jobs, use_cache=not args.no_cache, **kw)
+    report = []
+    for t, (native, hit) in results.items():
+        if args.no_ir:
+            native = native.without_ir()
+        native.save(outputs[t])
+        info = native.info
+        report.append({"output": outputs[t], "target": info.target, "sha256": native.sha256,
+                       "bytes": len(native.binary), "kernels": list(native.kernel_names),
+                       "build_seconds": info.build_seconds, "cache_hit": hit, "options": info.options,
+                       "spill_bytes": sum(int(k.attributes.get("spill_bytes", 0)) for k in info.kernels)})
+        if not args.json:
+            how = "from the cache" if hit else f"built in {info.build_seconds * 1e3:.1f} ms"
+            flags = f", options {info.options}" if info.options else ""
+            grf = info.extra.get("grf")
+            if grf and len(grf.get("tried", [])) > 1:
+                tried = " vs ".join(f"{r['grf']} {r['spill_bytes']} B" for r in grf["tried"])
+                flags += f" (--grf auto: spills {tried})"
+            print(f"{outputs[t]}: {len(native.binary)} bytes of {info.binary_format} for "
+                  f"{info.device.describe()}, kernels {', '.join(native.kernel_names)} ({how}{flags})")
+    if args.json:
+        _print_json(report[0] if len(report) == 1 else report)
     return 0
 
 
 def _inspect_obj(path: str) -> dict:
     import kernbin
+    from kernbin.formats import zebin
     with open(path, "rb") as f:
         data = f.read()
     if data[:4] in (b"\x03\x02\x23\x07", b"\x07\x23\x02\x03"):
         ir = kernbin.SpirvModule.from_bytes(data)
         return {"file": path, "kind": "spirv", "bytes": len(data), "version": "%d.%d" % ir.version,
                 "sha256": ir.sha256, "kernels": [{"name": n} for n in ir.entry_points]}
+    if zebin.is_zebin(data):
+        z = zebin.parse_zebin(data)
+        return {"file": path, "kind": "zebin", "bytes": len(data), "notes": z.notes, "sections": z.sections,
+                "ir_embedded": z.has_ir, "kernels": [{"name": k.name, **k.attributes()} for k in z.kernels]}
+    if zebin.is_fat(data):
+        members = zebin.read_ar(data)
+        return {"file": path, "kind": "fat", "bytes": len(data),
+                "members": {n: len(b) for n, b in members.items() if not n.startswith("pad_")}, "kernels": []}
     nb = kernbin.NativeBinary.from_bytes(data)
     info = nb.info
     out = {"file": path, "kind": "knb", "bytes": len(data), "target": info.target,
@@ -89,16 +125,33 @@ def _inspect_obj(path: str) -> dict:
                                            "embedded": nb.ir is not None},
            "tools": dict(info.tools), "build_seconds": info.build_seconds,
            "kernels": [{"name": k.name, **k.attributes} for k in info.kernels]}
+    if info.extra:
+        out["extra"] = dict(info.extra)
     if info.binary_format == "opencl-cpu-elf":
         from kernbin.formats import opencl_elf
         out["container"] = opencl_elf.describe(nb.binary)
+    elif info.binary_format == "zebin":
+        z = zebin.parse_zebin(nb.binary)
+        out["container"] = {"format": "zebin", "sections": z.sections, "notes": z.notes, "ir_embedded": z.has_ir}
     if info.build_log:
         out["build_log"] = info.build_log
     return out
 
 
 _SHORT = {"max_work_group_size": "max wg", "preferred_work_group_size_multiple": "wg multiple",
-          "private_mem_size": "private B", "local_mem_size": "local B", "num_args": "args"}
+          "private_mem_size": "private B", "local_mem_size": "local B", "num_args": "args",
+          "grf_count": "GRF", "simd_size": "SIMD", "slm_size": "SLM B", "scratch_size": "scratch B",
+          "spill_bytes": "spill B", "barrier_count": "barriers", "has_dpas": "DPAS", "private_size": "private B",
+          "code_size": "code B"}
+
+
+def _kernel_table(console, kernels) -> None:
+    from rich.table import Table
+    keys = sorted({k for kern in kernels for k in kern if k != "name"})
+    t = Table("kernel", *(_SHORT.get(k, k) for k in keys), box=None)
+    for kern in kernels:
+        t.add_row(kern["name"], *(str(kern.get(k, "")) for k in keys))
+    console.print(t)
 
 
 def cmd_inspect(args) -> int:
@@ -112,6 +165,15 @@ def cmd_inspect(args) -> int:
         c.print(f"[bold]{obj['file']}[/]: SPIR-V {obj['version']}, {obj['bytes']} bytes, sha256 {obj['sha256'][:16]}")
         c.print("kernels: " + ", ".join(k["name"] for k in obj["kernels"]))
         return 0
+    if obj["kind"] == "fat":
+        c.print(f"[bold]{obj['file']}[/]: ocloc fat binary, members: "
+                + ", ".join(f"{n} ({b} B)" for n, b in obj["members"].items()))
+        return 0
+    if obj["kind"] == "zebin":
+        c.print(f"[bold]{obj['file']}[/]: zebin, {obj['bytes']} bytes, notes {obj['notes']}, "
+                f"IR {'embedded' if obj['ir_embedded'] else 'not embedded'}")
+        _kernel_table(c, obj["kernels"])
+        return 0
     d = obj["device"]
     c.print(f"[bold]{obj['file']}[/]: {obj['binary_format']}, {obj['binary_bytes']} bytes "
             f"(sha256 {obj['sha256'][:16]}), target {obj['target']}")
@@ -120,11 +182,12 @@ def cmd_inspect(args) -> int:
     c.print(f"built from {obj['ir']['kind']} {obj['ir']['sha256'][:16]} "
             f"({'embedded' if obj['ir']['embedded'] else 'not embedded'}) with options "
             f"{obj['options'] or '(none)'} in {obj['build_seconds'] * 1e3:.1f} ms")
-    keys = sorted({k for kern in obj["kernels"] for k in kern if k != "name"})
-    t = Table("kernel", *(_SHORT.get(k, k) for k in keys), box=None)
-    for kern in obj["kernels"]:
-        t.add_row(kern["name"], *(str(kern.get(k, "")) for k in keys))
-    c.print(t)
+    _kernel_table(c, obj["kernels"])
+    grf = obj.get("extra", {}).get("grf")
+    if grf:
+        tried = "; ".join(f"{r['grf']}: {r['spill_bytes']} B spilled, scratch {r['scratch_size']} B"
+                          + (" (chosen)" if r.get("chosen") else "") for r in grf["tried"])
+        c.print(f"register file: --grf {grf['mode']} (threshold {grf['spill_threshold']} B): {tried}")
     if "container" in obj:
         secs = ", ".join(f"{k} {v}" for k, v in obj["container"]["sections"].items())
         c.print(f"sections: {secs}")
@@ -276,8 +339,16 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Build SPIR-V into a native device binary and write it as a .knb file "
                                    "(device binary + build info + checksums + the IR, for fallback).")
     s.add_argument("input", help="SPIR-V file (.spv)")
-    s.add_argument("--target", "-t", default="opencl:cpu", help="target device (default: opencl:cpu)")
-    s.add_argument("--output", "-o", required=True, help="output .knb file")
+    s.add_argument("--target", "-t", action="append", metavar="TARGET",
+                   help="target device (default: opencl:cpu); repeat for several, e.g. -t ocloc:pvc -t ocloc:acm-g10")
+    s.add_argument("--output", "-o", required=True,
+                   help="output .knb file; with several targets, a directory receiving <input>.<target>.knb each")
+    s.add_argument("--grf", choices=["default", "small", "large", "auto"], default="default",
+                   help="register-file policy on Intel GPU targets (auto: rebuild with the large register file "
+                        "when spills exceed --spill-threshold, keep the build that spills less)")
+    s.add_argument("--spill-threshold", type=int, default=None, metavar="BYTES",
+                   help="--grf auto retries when the compiler reports more spill than this (default 0: any spill)")
+    s.add_argument("--jobs", "-j", type=int, default=None, help="parallel builds for several targets (default: cores)")
     s.add_argument("--options", default="", help='build options passed to the compiler; write --options="-cl-fast-relaxed-math" (with =) since they start with -')
     s.add_argument("--no-ir", action="store_true", help="do not embed the IR (no fallback from this file alone)")
     s.add_argument("--no-cache", action="store_true", help="build even if the cache holds this binary, "

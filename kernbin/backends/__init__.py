@@ -14,7 +14,7 @@ from ..target import BACKENDS
 __all__ = ["get_backend", "IMPLEMENTED"]
 
 #: backend name -> module implementing it
-IMPLEMENTED = {"opencl": "kernbin.backends.opencl"}
+IMPLEMENTED = {"opencl": "kernbin.backends.opencl", "ocloc": "kernbin.backends.ocloc"}
 
 
 def get_backend(name: str):

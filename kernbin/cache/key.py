@@ -38,5 +38,6 @@ def cache_key(ir_sha256: str, backend: str, device: DeviceId, options: str, poli
 
 def key_for_info(info: BuildInfo) -> str:
     """The key an entry with this build info belongs under (checked on every read)."""
-    return cache_key(info.ir_sha256, info.device.backend, info.device, info.options,
+    requested = info.extra.get("requested_options", info.options)   # the policy may have added flags
+    return cache_key(info.ir_sha256, info.device.backend, info.device, str(requested),
                      str(info.extra.get("policy", "")))

@@ -1,0 +1,308 @@
+"""Intel's offline compiler ``ocloc``: SPIR-V -> zebin for a named GPU, no device needed.
+
+Targets: ``ocloc:<device>`` with any device this ocloc accepts (``pvc``, ``acm-g10``,
+``tgllp``, ..., an IP version like ``12.60.7``, or a PCI id like ``0x56a0``).
+
+The compiler runs in-process through ``libocloc.so`` (``oclocInvoke``, via ctypes)
+when it loads, else as the ``ocloc`` command. ``KERNBIN_OCLOC=inprocess|subprocess``
+forces one; ``KERNBIN_OCLOC_LIB`` names the library. Output is always zebin
+(``--format zebin``); the build log is kept; ocloc's driver version and IGC's version
+go into the :class:`~kernbin.device.DeviceId`.
+
+An ``ocloc`` target builds only: its binaries load on a Level Zero or OpenCL device of
+that kind, not on the offline compiler itself.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+
+from ..artifact import BuildInfo, KernelInfo, NativeBinary
+from ..device import DeviceId
+from ..errors import BuildError, KernbinError, RuntimeNotFound, TargetError
+from ..formats import zebin as zefmt
+from ..ir import SpirvModule
+from ..target import Target, parse_target
+from .base import Device, DeviceInfo
+
+__all__ = ["list_devices", "open_device", "Ocloc", "get_ocloc", "INSTALL_HINT", "GRF_FLAGS", "parse_spills"]
+
+BACKEND = "ocloc"
+INSTALL_HINT = ("install Intel's offline compiler: on Debian/Ubuntu `apt-get install intel-opencl-icd` "
+                "(ships ocloc and libocloc.so), or Intel's compute-runtime packages")
+GRF_FLAGS = {"small": "-cl-intel-128-GRF-per-thread", "large": "-cl-intel-256-GRF-per-thread"}
+#: the devices `kernbin devices` lists for ocloc (any device ocloc accepts can be targeted)
+LISTED = ("pvc", "acm-g10", "tgllp")
+_SPILL_RE = re.compile(r"kernel\s+(\S+)\s+compiled SIMD(\d+) allocated (\d+) regs and spilled around (\d+)")
+_u8p = ctypes.POINTER(ctypes.c_uint8)
+#: ocloc returns OpenCL result codes
+_CL_CODES = {-5: "CL_OUT_OF_RESOURCES", -6: "CL_OUT_OF_HOST_MEMORY", -11: "CL_BUILD_PROGRAM_FAILURE",
+             -30: "CL_INVALID_VALUE", -33: "CL_INVALID_DEVICE", -42: "CL_INVALID_BINARY",
+             -43: "CL_INVALID_BUILD_OPTIONS", -44: "CL_INVALID_PROGRAM"}
+
+
+def parse_spills(log: str) -> dict[str, dict[str, int]]:
+    """IGC's per-kernel spill lines: {kernel: {simd, regs, spill_bytes}}."""
+    out = {}
+    for name, simd, regs, spilled in _SPILL_RE.findall(log):
+        out[name] = {"simd": int(simd), "regs": int(regs), "spill_bytes": int(spilled)}
+    return out
+
+
+class Ocloc:
+    """One way of running ocloc: ``invoke(args, sources) -> (rc, outputs, log)``."""
+
+    def __init__(self, mode: str, lib=None, exe: str | None = None):
+        self.mode, self._lib, self._exe = mode, lib, exe
+        self._lock = threading.Lock()        # in-process: one call at a time (fd redirection, IGC state)
+        self._driver = self._igc = None
+
+    # -- invocation -----------------------------------------------------------------
+    def invoke(self, args: list[str], sources: dict[str, bytes] | None = None) -> tuple[int, dict[str, bytes], str]:
+        sources = sources or {}
+        if self.mode == "inprocess":
+            with self._lock:
+                return self._invoke_lib(args, sources)
+        return self._invoke_exe(args, sources)
+
+    def _invoke_lib(self, args, sources):
+        lib = self._lib
+        argv = (ctypes.c_char_p * (len(args) + 1))(*[a.encode() for a in ["ocloc", *args]])
+        names = list(sources)
+        n = len(names)
+        bufs = [ctypes.create_string_buffer(sources[k], len(sources[k])) for k in names]
+        data = (_u8p * max(n, 1))(*[ctypes.cast(b, _u8p) for b in bufs])
+        lens = (ctypes.c_uint64 * max(n, 1))(*[len(sources[k]) for k in names])
+        cnames = (ctypes.c_char_p * max(n, 1))(*[k.encode() for k in names])
+        nout = ctypes.c_uint32()
+        dout = ctypes.POINTER(_u8p)()
+        lout = ctypes.POINTER(ctypes.c_uint64)()
+        nmout = ctypes.POINTER(ctypes.c_char_p)()
+        # ocloc also prints straight to fd 1/2: catch that into the log, keep our stdout clean
+        with tempfile.TemporaryFile() as cap:
+            saved = [os.dup(1), os.dup(2)]
+            try:
+                os.dup2(cap.fileno(), 1)
+                os.dup2(cap.fileno(), 2)
+                rc = lib.oclocInvoke(len(args) + 1, argv, n, data, lens, cnames, 0, None, None, None,
+                                     ctypes.byref(nout), ctypes.byref(dout), ctypes.byref(lout), ctypes.byref(nmout))
+            finally:
+                os.dup2(saved[0], 1)
+                os.dup2(saved[1], 2)
+                for fd in saved:
+                    os.close(fd)
+            cap.seek(0)
+            printed = cap.read().decode("utf-8", "replace")
+        outputs = {}
+        try:
+            for i in range(nout.value):
+                outputs[nmout[i].decode("utf-8", "replace")] = ctypes.string_at(dout[i], lout[i])
+        finally:
+            lib.oclocFreeOutput(ctypes.byref(nout), ctypes.byref(dout), ctypes.byref(lout), ctypes.byref(nmout))
+        log = outputs.pop("stdout.log", b"").decode("utf-8", "replace")
+        return int(rc), outputs, (log + ("\n" + printed if printed.strip() else "")).strip()
+
+    def _invoke_exe(self, args, sources):
+        with tempfile.TemporaryDirectory(prefix="kernbin-ocloc-") as tmp:
+            for name, data in sources.items():
+                with open(os.path.join(tmp, name), "wb") as f:
+                    f.write(data)
+            before = set(os.listdir(tmp))
+            proc = subprocess.run([self._exe, *args], cwd=tmp, capture_output=True, timeout=600)
+            outputs = {}
+            for name in set(os.listdir(tmp)) - before:
+                p = os.path.join(tmp, name)
+                if os.path.isfile(p):
+                    with open(p, "rb") as f:
+                        outputs[name] = f.read()
+            log = (proc.stdout + proc.stderr).decode("utf-8", "replace").strip()
+            return proc.returncode, outputs, log
+
+    # -- facts ------------------------------------------------------------------------
+    def driver_version(self) -> str:
+        if self._driver is None:
+            rc, outs, _ = self.invoke(["query", "OCL_DRIVER_VERSION"])
+            raw = outs.get("OCL_DRIVER_VERSION", b"unknown") if rc == 0 else b"unknown"
+            self._driver = raw.split(b"\0")[0].decode("utf-8", "replace").strip() or "unknown"
+        return self._driver
+
+    def igc_version(self) -> str:
+        """IGC's version, read from the library that ocloc loads (its build path names it)."""
+        if self._igc is None:
+            self._igc = _igc_version()
+        return self._igc
+
+    def known_devices(self) -> list[str]:
+        _, _, log = self.invoke(["compile", "--help"])
+        m = re.search(r"<device_type> can be:\s*(.+)", log)
+        if not m:
+            return list(LISTED)
+        names = [d.strip() for d in m.group(1).split(",")]
+        return [d.split()[0] for d in names if d and d.split()[0] not in ("version", "or")]
+
+    def ip_version(self, device: str) -> str:
+        rc, _, log = self.invoke(["ids", device])
+        m = re.search(r"Matched ids:\s*([0-9]+\.[0-9]+\.[0-9]+)", log)
+        if rc != 0 or not m:
+            known = ", ".join(self.known_devices())
+            raise TargetError(f"ocloc does not know device {device!r}; it accepts: {known} "
+                              f"(or an IP version like 12.60.7, or a PCI id like 0x0bd5)")
+        return m.group(1)
+
+
+def _igc_version() -> str:
+    path = None
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                if "libigc.so" in line:
+                    path = line.split()[-1]
+                    break
+    except OSError:
+        pass
+    if path is None:
+        found = ctypes.util.find_library("igc")
+        for d in ("/usr/lib/x86_64-linux-gnu", "/usr/lib64", "/usr/lib", "/usr/local/lib"):
+            if found and os.path.exists(os.path.join(d, found)):
+                path = os.path.join(d, found)
+                break
+    if path is None:
+        return "unknown"
+    try:
+        import mmap
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            m = re.search(rb"intel-graphics-compiler-([0-9]+\.[0-9]+\.[0-9]+(?:\.[0-9]+)?)", mm)
+            if m:
+                return m.group(1).decode()
+        st = os.stat(path)
+        return f"{os.path.basename(os.path.realpath(path))}:{st.st_size}"
+    except OSError:
+        return "unknown"
+
+
+_ocloc: Ocloc | None = None
+
+
+def get_ocloc() -> Ocloc:
+    """The ocloc to use in this process (in-process library first, then the command)."""
+    global _ocloc
+    if _ocloc is not None:
+        return _ocloc
+    mode = os.environ.get("KERNBIN_OCLOC", "auto").lower()
+    if mode not in ("auto", "inprocess", "subprocess"):
+        raise KernbinError(f"KERNBIN_OCLOC={mode!r}: use auto, inprocess or subprocess")
+    tried = []
+    if mode in ("auto", "inprocess"):
+        libname = os.environ.get("KERNBIN_OCLOC_LIB", "libocloc.so")
+        try:
+            lib = ctypes.CDLL(libname)
+            lib.oclocInvoke.restype = ctypes.c_int
+            lib.oclocFreeOutput.restype = ctypes.c_int
+            _ocloc = Ocloc("inprocess", lib=lib)
+            return _ocloc
+        except (OSError, AttributeError) as e:
+            tried.append(f"{libname}: {e}")
+    if mode in ("auto", "subprocess"):
+        exe = shutil.which("ocloc")
+        if exe:
+            _ocloc = Ocloc("subprocess", exe=exe)
+            return _ocloc
+        tried.append("no `ocloc` on PATH")
+    raise RuntimeNotFound(f"ocloc not found ({'; '.join(tried)}); {INSTALL_HINT}")
+
+
+def list_devices() -> list[DeviceInfo]:
+    try:
+        oc = get_ocloc()
+    except RuntimeNotFound:
+        return []
+    out = []
+    for name in LISTED:
+        try:
+            out.append(_device_info(oc, name))
+        except KernbinError:
+            continue
+    return out
+
+
+def _device_id(oc: Ocloc, name: str, ip: str) -> DeviceId:
+    return DeviceId(backend=BACKEND, vendor="Intel(R) Corporation", name=name, arch=ip,
+                    driver_version=oc.driver_version(), compiler_version=f"IGC {oc.igc_version()}")
+
+
+def _device_info(oc: Ocloc, name: str) -> DeviceInfo:
+    ip = oc.ip_version(name)
+    return DeviceInfo(target=f"ocloc:{name}", id=_device_id(oc, name, ip), type="gpu (offline)", usable=True,
+                      note="builds only", details={"spirv": ["1.0", "1.1", "1.2", "1.3", "1.4"], "mode": oc.mode})
+
+
+_open: dict[str, "OclocDevice"] = {}
+
+
+def open_device(target: "Target | str") -> "OclocDevice":
+    target = parse_target(target)
+    name = target.selector.lower()
+    dev = _open.get(name)
+    if dev is None:
+        oc = get_ocloc()
+        dev = _open[name] = OclocDevice(target, oc, name, oc.ip_version(name))
+    return dev
+
+
+class OclocDevice(Device):
+    grf_flags = GRF_FLAGS
+
+    def __init__(self, target: Target, oc: Ocloc, name: str, ip: str):
+        self.target, self.ocloc, self.name, self.ip = target, oc, name, ip
+        self.id = _device_id(oc, name, ip)
+
+    @property
+    def handle(self):
+        return self.ocloc
+
+    def build(self, ir: SpirvModule, options: str = "") -> NativeBinary:
+        args = ["compile", "-file", "kernel.spv", "-spirv_input", "-device", self.name, "--format", "zebin",
+                "-output", "kernel", "-output_no_suffix"]
+        if options:
+            args += ["-options", options]
+        call = "oclocInvoke(compile)" if self.ocloc.mode == "inprocess" else "ocloc compile"
+        t0 = time.perf_counter()
+        rc, outputs, log = self.ocloc.invoke(args, {"kernel.spv": ir.data})
+        seconds = time.perf_counter() - t0
+        binary = outputs.get("kernel")
+        if rc != 0 or not binary:
+            raise BuildError(BACKEND, call, rc, _CL_CODES.get(rc), f"build for {self.name} failed", log=log,
+                             options=options)
+        z = zefmt.parse_zebin(binary)
+        spills = parse_spills(log)
+        kernels = []
+        for k in z.kernels:
+            attrs = k.attributes()
+            attrs["spill_bytes"] = spills.get(k.name, {}).get("spill_bytes", 0)
+            kernels.append(KernelInfo(k.name, attrs))
+        info = BuildInfo(
+            target=str(self.target), device=self.id, ir_kind=ir.kind, ir_sha256=ir.sha256, options=options,
+            binary_format="zebin", kernels=tuple(kernels),
+            tools=self._tools(), build_log=log, build_seconds=round(seconds, 6),
+            extra={"ir_embedded_in_binary": z.has_ir, **{f"note_{k}": v for k, v in z.notes.items()}})
+        return NativeBinary(binary=binary, info=info, ir=ir)
+
+    def _tools(self) -> dict[str, str]:
+        from .. import __version__
+        return {"kernbin": __version__, "ocloc": self.ocloc.driver_version(), "igc": self.ocloc.igc_version(),
+                "ocloc_mode": self.ocloc.mode}
+
+    def check_native(self, binary: bytes) -> str | None:
+        return None if zefmt.is_zebin(binary) else "not a zebin (ELF for Intel GT)"
+
+    def load_native(self, native: NativeBinary):
+        raise RuntimeNotFound(f"{self.target} is an offline target: it builds binaries but cannot load them; "
+                              f"load on a level-zero or opencl GPU target of this kind")

@@ -1,0 +1,229 @@
+"""Intel GPU native binaries (zebin) and ocloc's multi-device fat archives.
+
+zebin is an ELF64 for machine 205 (Intel GT) with one ``.text.<kernel>`` per
+kernel, ``.ze_info`` (YAML: per-kernel execution environment and buffers), an
+optional ``.spv`` (the IR, dropped by ``-exclude_ir``) and ``.note.intelgt.compat``
+(owner ``IntelGT``; type 1 product family, 2 GFX core family, 3 target metadata,
+4 zebin version). Parsed with pyelftools and ``yaml.safe_load``.
+
+A fat binary from ``ocloc -device a,b,c`` is a Unix ``ar`` archive: one member per
+device named ``<pointer bits>.<ip version>`` (e.g. ``64.12.60.7``), ``pad_N``
+alignment members, and ``generic_ir`` (the SPIR-V).
+
+Malformed input raises :class:`~kernbin.errors.InvalidBinary` with the reason.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from dataclasses import dataclass, field
+
+from ..errors import InvalidBinary
+
+__all__ = ["EM_INTELGT", "ZebinKernel", "Zebin", "parse_zebin", "is_zebin", "AR_MAGIC", "read_ar",
+           "is_fat", "select_from_fat"]
+
+EM_INTELGT = 205
+_ET_OK = (1, 2, 3, 0xFF11, 0xFF12, 0xFF13)      # REL/EXEC/DYN and the ZEBIN_* variants
+_NOTE_NAMES = {1: "product_family", 2: "gfx_core_family", 3: "target_metadata", 4: "zebin_version"}
+MAX_ZE_INFO = 16 << 20
+
+
+@dataclass(frozen=True)
+class ZebinKernel:
+    name: str
+    grf_count: int | None
+    simd_size: int | None
+    slm_size: int
+    barrier_count: int
+    has_dpas: bool
+    scratch_size: int            # bytes per hardware thread, from per_thread_memory_buffers
+    private_size: int
+    num_args: int
+    code_size: int
+
+    def attributes(self) -> dict[str, int]:
+        out = {"grf_count": self.grf_count or 0, "simd_size": self.simd_size or 0, "slm_size": self.slm_size,
+               "barrier_count": self.barrier_count, "has_dpas": int(self.has_dpas),
+               "scratch_size": self.scratch_size, "private_size": self.private_size,
+               "num_args": self.num_args, "code_size": self.code_size}
+        return out
+
+
+@dataclass(frozen=True)
+class Zebin:
+    kernels: tuple[ZebinKernel, ...]
+    notes: dict = field(default_factory=dict)     # product_family, gfx_core_family, target_metadata, zebin_version
+    sections: dict = field(default_factory=dict)  # name -> size
+    ze_info_version: str = ""
+
+    @property
+    def has_ir(self) -> bool:
+        return ".spv" in self.sections
+
+    def kernel(self, name: str) -> ZebinKernel | None:
+        return next((k for k in self.kernels if k.name == name), None)
+
+
+def is_zebin(data: bytes) -> bool:
+    return len(data) >= 20 and data[:4] == b"\x7fELF" and data[4] == 2 and \
+        struct.unpack_from("<H", data, 18)[0] == EM_INTELGT
+
+
+def _int(v, what: str) -> int:
+    if v is None:
+        return 0
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise InvalidBinary(f".ze_info: {what} is not a non-negative integer: {v!r}")
+    return v
+
+
+def parse_zebin(data: bytes) -> Zebin:
+    """Parse and check a zebin; never raises anything but InvalidBinary for bad input."""
+    if len(data) < 64 or data[:4] != b"\x7fELF":
+        raise InvalidBinary("not an ELF file (zebin expected)")
+    if data[4] != 2 or data[5] != 1:
+        raise InvalidBinary("zebin must be a little-endian ELF64 file")
+    e_type, e_machine = struct.unpack_from("<HH", data, 16)
+    if e_machine != EM_INTELGT:
+        raise InvalidBinary(f"ELF machine {e_machine} is not Intel GT ({EM_INTELGT})")
+    if e_type not in _ET_OK:
+        raise InvalidBinary(f"ELF type 0x{e_type:x} is not a zebin type")
+    try:
+        return _parse(data)
+    except InvalidBinary:
+        raise
+    except Exception as e:   # pyelftools and yaml raise many kinds on hostile input
+        raise InvalidBinary(f"malformed zebin: {type(e).__name__}: {e}") from None
+
+
+def _parse(data: bytes) -> Zebin:
+    import yaml
+    from elftools.elf.elffile import ELFFile
+    elf = ELFFile(io.BytesIO(data))
+    sections, text = {}, {}
+    for s in elf.iter_sections():
+        if not s.name:
+            continue
+        off, size = s["sh_offset"], s["sh_size"]
+        if s["sh_type"] != "SHT_NOBITS" and off + size > len(data):
+            raise InvalidBinary(f"section {s.name} [{off}, {off + size}) lies outside the file ({len(data)} bytes)")
+        sections[s.name] = size
+        if s.name.startswith(".text."):
+            text[s.name[len(".text."):]] = size
+    ze = elf.get_section_by_name(".ze_info")
+    if ze is None:
+        raise InvalidBinary("zebin has no .ze_info section")
+    if ze["sh_size"] > MAX_ZE_INFO:
+        raise InvalidBinary(f".ze_info of {ze['sh_size']} bytes is implausibly large")
+    try:
+        info = yaml.safe_load(ze.data().decode("utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise InvalidBinary(f".ze_info is not valid YAML: {e}") from None
+    if not isinstance(info, dict) or not isinstance(info.get("kernels", []), list):
+        raise InvalidBinary(".ze_info has no kernel list")
+    kernels = []
+    for k in info.get("kernels") or []:
+        if not isinstance(k, dict) or not isinstance(k.get("name"), str):
+            raise InvalidBinary(".ze_info kernel entry without a name")
+        env = k.get("execution_env") or {}
+        if not isinstance(env, dict):
+            raise InvalidBinary(f".ze_info: kernel {k['name']}: execution_env is not a mapping")
+        scratch = private = 0
+        for buf in k.get("per_thread_memory_buffers") or []:
+            if not isinstance(buf, dict):
+                raise InvalidBinary(f".ze_info: kernel {k['name']}: bad per_thread_memory_buffers entry")
+            size = _int(buf.get("size"), "buffer size")
+            if buf.get("type") == "scratch":
+                scratch += size
+            elif buf.get("type") == "private_space":
+                private += size
+        args = {a.get("arg_index") for a in (k.get("payload_arguments") or [])
+                if isinstance(a, dict) and isinstance(a.get("arg_index"), int)}
+        kernels.append(ZebinKernel(
+            name=k["name"], grf_count=_int(env.get("grf_count"), "grf_count") or None,
+            simd_size=_int(env.get("simd_size"), "simd_size") or None,
+            slm_size=_int(env.get("slm_size"), "slm_size"), barrier_count=_int(env.get("barrier_count"), "barrier_count"),
+            has_dpas=bool(env.get("has_dpas", False)), scratch_size=scratch, private_size=private,
+            num_args=len(args), code_size=text.get(k["name"], 0)))
+    missing = [k.name for k in kernels if k.name not in text]
+    if missing:
+        raise InvalidBinary(f"kernel(s) {', '.join(missing)} in .ze_info have no .text section")
+    notes = {}
+    compat = elf.get_section_by_name(".note.intelgt.compat")
+    if compat is not None:
+        for note in compat.iter_notes():
+            if note["n_name"] != "IntelGT":
+                continue
+            ntype = note["n_type"]
+            ntype = {"NT_GNU_ABI_TAG": 1, "NT_GNU_HWCAP": 2, "NT_GNU_BUILD_ID": 3,
+                     "NT_GNU_GOLD_VERSION": 4}.get(ntype, ntype)   # pyelftools names them as GNU notes
+            desc = note["n_desc"]
+            if isinstance(desc, str):
+                desc = desc.encode("latin-1")
+            key = _NOTE_NAMES.get(ntype)
+            if key == "zebin_version":
+                notes[key] = bytes(desc).split(b"\0")[0].decode("ascii", "replace")
+            elif key and len(desc) >= 4:
+                notes[key] = struct.unpack_from("<I", bytes(desc))[0]
+    return Zebin(kernels=tuple(kernels), notes=notes, sections=sections, ze_info_version=str(info.get("version", "")))
+
+
+# -- ocloc fat binaries (ar archives) ---------------------------------------------------
+
+AR_MAGIC = b"!<arch>\n"
+_AR_HEADER = 60
+
+
+def is_fat(data: bytes) -> bool:
+    return data[:8] == AR_MAGIC
+
+
+def read_ar(data: bytes) -> dict[str, bytes]:
+    """Members of an ``ar`` archive by name (GNU long names supported)."""
+    if not is_fat(data):
+        raise InvalidBinary("not an ar archive (bad magic)")
+    members, longnames, pos = {}, b"", len(AR_MAGIC)
+    while pos < len(data):
+        if pos + _AR_HEADER > len(data):
+            raise InvalidBinary(f"truncated ar member header at byte offset {pos}")
+        hdr = data[pos:pos + _AR_HEADER]
+        if hdr[58:60] != b"`\n":
+            raise InvalidBinary(f"bad ar member header at byte offset {pos}")
+        try:
+            size = int(hdr[48:58].decode("ascii").strip())
+        except ValueError:
+            raise InvalidBinary(f"bad ar member size at byte offset {pos}") from None
+        if size < 0 or pos + _AR_HEADER + size > len(data):
+            raise InvalidBinary(f"ar member at byte offset {pos} ({size} bytes) runs past the end")
+        raw_name = hdr[:16].decode("ascii", "replace").rstrip()
+        body = data[pos + _AR_HEADER:pos + _AR_HEADER + size]
+        if raw_name == "//":
+            longnames = body
+        elif raw_name in ("/", "/SYM64/"):
+            pass                                      # symbol table
+        else:
+            if raw_name.startswith("/") and raw_name[1:].isdigit():
+                off = int(raw_name[1:])
+                end = longnames.find(b"/\n", off)
+                if off >= len(longnames) or end < 0:
+                    raise InvalidBinary(f"ar long name reference {raw_name} is out of range")
+                name = longnames[off:end].decode("utf-8", "replace")
+            else:
+                name = raw_name[:-1] if raw_name.endswith("/") else raw_name
+            if name in members:
+                raise InvalidBinary(f"duplicate ar member {name!r}")
+            members[name] = bytes(body)
+        pos += _AR_HEADER + size + (size & 1)
+    return members
+
+
+def select_from_fat(data: bytes, ip_version: str, names: tuple[str, ...] = ()) -> tuple[str, bytes]:
+    """The member for a device: by IP version (``64.<ip>``), else by one of its names."""
+    members = read_ar(data)
+    for candidate in (f"64.{ip_version}", ip_version, *names):
+        if candidate in members:
+            return candidate, members[candidate]
+    devices = [m for m in members if not m.startswith("pad_") and m != "generic_ir"]
+    raise InvalidBinary(f"fat binary has no entry for {ip_version} (has: {', '.join(devices) or 'none'})")
