@@ -20,7 +20,7 @@ import warnings
 from dataclasses import replace
 
 from .artifact import NativeBinary
-from .errors import (BuildError, FallbackWarning, IncompatibleBinary, InvalidBinary, KernbinError,
+from .errors import (FallbackWarning, IncompatibleBinary, InvalidBinary, KernbinError,
                      RuntimeAPIError, RuntimeNotFound)
 from .ir import SpirvModule, read_ir
 from .target import Target, parse_target
@@ -188,8 +188,8 @@ def load(native, target="opencl:cpu", *, ir=None, fallback: bool = True):
         if not fallback:
             raise
         return _fallback(device, use_ir, native.info.options, e.reason, e, native.info)
-    except RuntimeAPIError as e:
-        if not fallback or isinstance(e, BuildError) and e.call != "clBuildProgram":
+    except RuntimeAPIError as e:        # the runtime refused the (verified) bytes
+        if not fallback:
             raise
         return _fallback(device, use_ir, native.info.options, f"the runtime rejected the binary: {e}", e,
                          native.info)

@@ -8,11 +8,13 @@ result is back on the host; correctness is checked against numpy afterwards.
 Three paths, interleaved within each repetition:
 
 ``ir``     pyopencl: ``clCreateProgramWithIL`` + build + kernel + launch -- the JIT
-           path every process pays without kernbin;
+           path every process pays without kernbin (Level Zero: ``zeModuleCreate(SPIR-V)``
+           through the backend's ``load_ir``);
 ``native`` kernbin: ``kernbin.load(.knb bytes)`` (container verification,
            compatibility gate) + ``module.kernel`` + ``launch``;
 ``raw``    pyopencl: ``clCreateProgramWithBinary`` on the bare device binary + build
-           + kernel + launch -- the floor kernbin's own overhead is measured against.
+           + kernel + launch -- the floor kernbin's own overhead is measured against
+           (Level Zero: ``zeModuleCreate(NATIVE)`` through the backend's ``load_binary``).
 """
 
 from __future__ import annotations
@@ -69,6 +71,9 @@ def worker(mode: str, sample_name: str, path: str, target: str) -> dict:
     t0 = time.perf_counter()
     if mode == "native":
         module = kernbin.load(data, device, fallback=False)
+        module.kernel(sample.kernel).launch(launch.global_size, launch.local_size, *launch.args)
+    elif device.target.backend != "opencl":     # through the backend, without kernbin's checks
+        module = device.load_ir(kernbin.SpirvModule.from_bytes(data)) if mode == "ir" else device.load_binary(data)
         module.kernel(sample.kernel).launch(launch.global_size, launch.local_size, *launch.args)
     else:
         ctx = device.context

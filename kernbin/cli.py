@@ -159,7 +159,6 @@ def cmd_inspect(args) -> int:
     if args.json:
         _print_json(obj)
         return 0
-    from rich.table import Table
     c = _console()
     if obj["kind"] == "spirv":
         c.print(f"[bold]{obj['file']}[/]: SPIR-V {obj['version']}, {obj['bytes']} bytes, sha256 {obj['sha256'][:16]}")
@@ -313,8 +312,9 @@ def cmd_bench(args) -> int:
                       "yes" if r["correct"] else "[red]NO[/]")
         c = _console()
         c.print(t)
-        c.print(f"aggregate IR/native: [bold]{report['ratio']:.1f}x[/]; kernbin native vs raw pyopencl "
-                f"binary load: {report['native_over_raw']:.2f}x")
+        raw = "raw pyopencl binary load" if report["target"].startswith("opencl") else "raw binary load"
+        c.print(f"aggregate IR/native: [bold]{report['ratio']:.1f}x[/]; kernbin native vs {raw}: "
+                f"{report['native_over_raw']:.2f}x")
         if args.plot:
             c.print(f"plot: {args.plot}")
     return 0 if all(r["correct"] for r in report["kernels"]) else EXIT_ERROR

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Sets up a fresh Debian/Ubuntu machine for kernbin: the system packages the tests use
-# (redis-server, intel-opencl-icd; installed with apt when missing), then a virtual environment in .venv with kernbin
+# (installed with apt when missing), then a virtual environment in .venv with kernbin
 # and its test, CPU-runtime and plot extras.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
-command -v redis-server >/dev/null 2>&1 || need+=(redis-server)     # cache tests (Redis tier)
-command -v ocloc >/dev/null 2>&1 || need+=(intel-opencl-icd)         # ocloc + libocloc.so (Intel GPU offline builds)
+# redis-server: cache tests (Redis tier); intel-opencl-icd: ocloc + libocloc.so (Intel GPU offline builds);
+# libze1, libze-dev, opencl-c-headers, ocl-icd-libopencl1, gcc: the Level Zero loader and the CPU test driver
+for pkg in redis-server intel-opencl-icd libze1 libze-dev opencl-c-headers ocl-icd-libopencl1 gcc; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
 if [ ${#need[@]} -gt 0 ]; then
     if command -v apt-get >/dev/null 2>&1; then
         sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo

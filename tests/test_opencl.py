@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 
 import kernbin
-from kernbin import (BuildError, FallbackWarning, IncompatibleBinary, InvalidBinary, LaunchError,
-                     NativeBinary, SpirvModule)
+from kernbin import BuildError, FallbackWarning, IncompatibleBinary, InvalidBinary, LaunchError, NativeBinary
 from kernbin.samples import SAMPLES
 
 from conftest import run_py

@@ -14,7 +14,8 @@ from ..target import BACKENDS
 __all__ = ["get_backend", "IMPLEMENTED"]
 
 #: backend name -> module implementing it
-IMPLEMENTED = {"opencl": "kernbin.backends.opencl", "ocloc": "kernbin.backends.ocloc"}
+IMPLEMENTED = {"opencl": "kernbin.backends.opencl", "ocloc": "kernbin.backends.ocloc",
+               "level-zero": "kernbin.backends.level_zero"}
 
 
 def get_backend(name: str):

@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 
 from ..artifact import NativeBinary
 from ..device import DeviceId
-from ..errors import KernbinError
+from ..errors import KernbinError, LaunchError
 from ..ir import SpirvModule
 from ..target import Target
 
-__all__ = ["DeviceInfo", "Device", "Module", "Kernel", "LocalMemory"]
+__all__ = ["DeviceInfo", "Device", "Module", "Kernel", "LocalMemory", "launch_sizes"]
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,16 @@ class Device(ABC):
     def load_native(self, native: NativeBinary) -> "Module":
         """Load verified native bytes. Raises RuntimeAPIError if the runtime rejects them."""
 
+    def load_ir(self, ir: SpirvModule, options: str = "") -> "Module":
+        """JIT path: build IR and load it without taking the native binary out (what
+        every process pays without kernbin; ``kernbin bench`` times it)."""
+        raise NotImplementedError(f"{self.target} cannot load IR directly")
+
+    def load_binary(self, binary: bytes, options: str = "") -> "Module":
+        """Hand bare device-binary bytes to the runtime with none of kernbin's checks:
+        the floor ``kernbin bench`` measures kernbin's own overhead against."""
+        raise NotImplementedError(f"{self.target} cannot load bare binaries")
+
     @property
     def handle(self):
         """The raw runtime object(s) behind this device."""
@@ -71,9 +81,10 @@ class Device(ABC):
 
 
 class Module(ABC):
-    """A loaded program. ``source`` is ``"native"`` or ``"ir"`` (rebuilt by fallback)."""
+    """A loaded program. ``source`` is ``"native"`` or ``"ir"`` (rebuilt by fallback).
+    ``native`` is None only for modules from :meth:`Device.load_ir` / :meth:`Device.load_binary`."""
 
-    def __init__(self, device: Device, native: NativeBinary):
+    def __init__(self, device: Device, native: NativeBinary | None):
         self.device = device
         self.native = native
         self.source = "native"
@@ -114,3 +125,18 @@ class Kernel(ABC):
     def launch(self, global_size, local_size, *args) -> None:
         """Run once and wait. numpy arrays are copied in and, when writeable, back out;
         numpy scalars are passed by value; :class:`LocalMemory` sizes local buffers."""
+
+
+def launch_sizes(value, what: str) -> tuple[int, ...] | None:
+    """An int or a tuple of 1-3 positive ints as a tuple; None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, int) or hasattr(value, "__index__") and not hasattr(value, "__len__"):
+        value = (value,)
+    try:
+        out = tuple(int(v) for v in value)
+    except TypeError:
+        raise LaunchError(f"{what} must be an int or a tuple of 1-3 ints, not {value!r}") from None
+    if not 1 <= len(out) <= 3 or any(v <= 0 for v in out):
+        raise LaunchError(f"{what} must have 1-3 positive dimensions, not {value!r}")
+    return out

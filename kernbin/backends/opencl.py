@@ -3,11 +3,9 @@
 Targets: ``opencl:cpu`` / ``opencl:gpu`` (first such device that takes SPIR-V)
 or ``opencl:N`` (N-th device over all platforms, as ``kernbin devices`` lists).
 
-Intel's CPU runtime from PyPI (``intel-opencl-rt``) ships ``.icd`` files that
-point at its build machine's path, so ICD loaders cannot find it. When it is
-installed and the user has not set ``OCL_ICD_VENDORS``, kernbin points the loader
-at a small vendors directory holding the system's ``.icd`` files plus one for the
-wheel's ``libintelocl.so`` -- users never set ICD variables by hand.
+Intel's CPU runtime from PyPI is made visible to the ICD loader by
+:func:`kernbin.backends._icd.wire_intel_cpu_runtime` -- users never set ICD
+variables by hand.
 
 Programs are built and loaded through pyopencl's raw ``_cl`` objects rather than
 ``pyopencl.Program``: the latter appends its own include paths to every build and
@@ -16,8 +14,6 @@ keeps its own source cache, and kernbin must pass exactly the recorded options.
 
 from __future__ import annotations
 
-import hashlib
-import os
 import platform
 import time
 import warnings
@@ -28,65 +24,14 @@ from ..errors import BuildError, LaunchError, RuntimeAPIError, RuntimeNotFound, 
 from ..formats import opencl_elf
 from ..ir import SpirvModule
 from ..target import Target, parse_target
-from .base import Device, DeviceInfo, Kernel, LocalMemory, Module
+from ._icd import wire_intel_cpu_runtime
+from .base import Device, DeviceInfo, Kernel, LocalMemory, Module, launch_sizes
 
 __all__ = ["list_devices", "open_device", "wire_intel_cpu_runtime", "INSTALL_HINT"]
 
 BACKEND = "opencl"
 INSTALL_HINT = ("install Intel's CPU OpenCL runtime: pip install intel-opencl-rt intel-cmplr-lib-rt "
                 "(or a GPU driver with SPIR-V support)")
-_SYSTEM_VENDORS = "/etc/OpenCL/vendors"
-
-
-def _find_intel_cpu_runtime() -> str | None:
-    """Path of ``libintelocl.so`` from the ``intel-opencl-rt`` wheel, if installed."""
-    from importlib import metadata
-    try:
-        dist = metadata.distribution("intel-opencl-rt")
-    except metadata.PackageNotFoundError:
-        return None
-    for f in dist.files or ():
-        if f.name == "libintelocl.so":
-            path = os.path.realpath(f.locate())
-            if os.path.exists(path):
-                return path
-    return None
-
-
-def wire_intel_cpu_runtime() -> str | None:
-    """Make the ICD loader see the PyPI Intel CPU runtime. Returns the vendors path used."""
-    if "OCL_ICD_VENDORS" in os.environ:
-        return os.environ["OCL_ICD_VENDORS"]
-    lib = _find_intel_cpu_runtime()
-    if lib is None:
-        return None
-    icds = {}
-    if os.path.isdir(_SYSTEM_VENDORS):
-        for name in sorted(os.listdir(_SYSTEM_VENDORS)):
-            if name.endswith(".icd"):
-                try:
-                    with open(os.path.join(_SYSTEM_VENDORS, name)) as f:
-                        icds[name] = f.read()
-                except OSError:
-                    pass
-    icds["kernbin-intel-cpu.icd"] = lib + "\n"
-    digest = hashlib.sha256(repr(sorted(icds.items())).encode()).hexdigest()[:16]
-    from ..paths import cache_dir
-    vendors = os.path.join(cache_dir(), "icd", digest)
-    if not os.path.isdir(vendors):
-        os.makedirs(os.path.dirname(vendors), exist_ok=True)
-        import tempfile
-        tmp = tempfile.mkdtemp(dir=os.path.dirname(vendors), prefix=".tmp-")
-        for name, text in icds.items():
-            with open(os.path.join(tmp, name), "w") as f:
-                f.write(text)
-        try:
-            os.rename(tmp, vendors)
-        except OSError:                 # another process published it first
-            import shutil
-            shutil.rmtree(tmp, ignore_errors=True)
-    os.environ["OCL_ICD_VENDORS"] = vendors
-    return vendors
 
 
 wire_intel_cpu_runtime()
@@ -289,6 +234,22 @@ class OpenCLDevice(Device):
             return opencl_elf.quick_check(binary)
         return None if binary else "empty binary"
 
+    def load_ir(self, ir: SpirvModule, options: str = "") -> "OpenCLModule":
+        try:
+            prg = _cl._create_program_with_il(self.context, ir.data)
+            _quiet_build(prg, options, self.cl_device)
+        except cl.Error as e:
+            raise _api_error(e, cls=BuildError, options=options) from None
+        return OpenCLModule(self, None, prg)
+
+    def load_binary(self, binary: bytes, options: str = "") -> "OpenCLModule":
+        try:
+            prg = _cl._Program(self.context, [self.cl_device], [binary])
+            _quiet_build(prg, options, self.cl_device)
+        except cl.Error as e:
+            raise _api_error(e) from None
+        return OpenCLModule(self, None, prg)
+
     def load_native(self, native: NativeBinary) -> "OpenCLModule":
         try:
             prg = _cl._Program(self.context, [self.cl_device], [native.binary])
@@ -325,10 +286,10 @@ def _kernel_attributes(k: "cl.Kernel", dev: "cl.Device") -> dict[str, int]:
 
 
 class OpenCLModule(Module):
-    def __init__(self, device: OpenCLDevice, native: NativeBinary, program):
+    def __init__(self, device: OpenCLDevice, native: NativeBinary | None, program):
         super().__init__(device, native)
         self.program = program
-        names = native.kernel_names
+        names = native.kernel_names if native is not None else ()
         if not names:
             names = tuple(k.function_name for k in program.all_kernels())
         self._names = names
@@ -349,20 +310,6 @@ class OpenCLModule(Module):
         return OpenCLKernel(self.device, name, k)
 
 
-def _sizes(value, what: str) -> tuple[int, ...] | None:
-    if value is None:
-        return None
-    if isinstance(value, (int, np.integer)):
-        value = (value,)
-    try:
-        out = tuple(int(v) for v in value)
-    except TypeError:
-        raise LaunchError(f"{what} must be an int or a tuple of 1-3 ints, not {value!r}") from None
-    if not 1 <= len(out) <= 3 or any(v <= 0 for v in out):
-        raise LaunchError(f"{what} must have 1-3 positive dimensions, not {value!r}")
-    return out
-
-
 class OpenCLKernel(Kernel):
     def __init__(self, device: OpenCLDevice, name: str, handle: "cl.Kernel"):
         self.device, self.name, self.handle = device, name, handle
@@ -376,7 +323,7 @@ class OpenCLKernel(Kernel):
         return dict(self._attributes)
 
     def launch(self, global_size, local_size, *args) -> None:
-        gs, ls = _sizes(global_size, "global size"), _sizes(local_size, "local size")
+        gs, ls = launch_sizes(global_size, "global size"), launch_sizes(local_size, "local size")
         if ls is not None and len(ls) != len(gs):
             raise LaunchError(f"local size {ls} and global size {gs} differ in dimensions")
         if len(args) != self._num_args:
