@@ -13,6 +13,28 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
 
+def _build_ze_driver():
+    """Build the Level Zero CPU test driver and point the loader at it (ZE_ENABLE_ALT_DRIVERS),
+    for this process and every subprocess the tests start. Never the GPU driver: on a machine
+    without the GPU, Debian's libze_intel_gpu can crash the loader. Returns (path, error)."""
+    script = os.path.join(ROOT, "tools", "ze_cpu_driver", "build.sh")
+    out = os.path.join(ROOT, "build", "ze_cpu_driver", "libze_kernbin_cpu.so")
+    try:
+        p = subprocess.run(["bash", script, out], capture_output=True, text=True, timeout=300)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return None, str(e)
+    if p.returncode != 0:
+        return None, (p.stderr or p.stdout).strip()[-800:]
+    return p.stdout.strip().splitlines()[-1], None
+
+
+ZE_DRIVER, ZE_DRIVER_ERROR = _build_ze_driver()
+if ZE_DRIVER:
+    os.environ["ZE_ENABLE_ALT_DRIVERS"] = ZE_DRIVER
+else:
+    os.environ.pop("ZE_ENABLE_ALT_DRIVERS", None)
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng()
