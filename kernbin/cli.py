@@ -212,12 +212,13 @@ def _cache():
 
 
 def cmd_cache_stats(args) -> int:
-    st = _cache().stats()
+    cache = _cache()
+    st = cache.stats()
     if args.json:
         _print_json(st)
         return 0
     from rich.table import Table
-    t = Table("counter", "value", box=None, title=f"kernbin cache at {_cache().local.root}")
+    t = Table("counter", "value", box=None, title=f"kernbin cache at {cache.local.root}")
     for k, v in st.items():
         if k == "bytes" or (k == "max_size" and v):
             v = f"{v} ({_human(v)})"

@@ -228,3 +228,39 @@ def test_bench_through_the_loader(l0):
     rep = json.loads(p.stdout)
     assert rep["target"] == "level-zero:0" and rep["kernels"][0]["correct"] is True
     assert rep["kernels"][0]["ir_s"] > rep["kernels"][0]["native_s"] > 0
+
+
+def test_host_and_shared_memory_copies_and_a_launch_on_shared_pointers(l0, natives):
+    lib, n = l0.lib, 4096
+    rng = np.random.default_rng()
+    a, b = rng.standard_normal(n, dtype=np.float32), rng.standard_normal(n, dtype=np.float32)
+    hdesc = ze.ze_host_mem_alloc_desc_t(stype=ze.ZE_STRUCTURE_TYPE_HOST_MEM_ALLOC_DESC)
+    ddesc = ze.ze_device_mem_alloc_desc_t(stype=ze.ZE_STRUCTURE_TYPE_DEVICE_MEM_ALLOC_DESC)
+    host, shared = [ctypes.c_void_p() for _ in range(3)], [ctypes.c_void_p() for _ in range(3)]
+    try:
+        for h, s in zip(host, shared):
+            assert lib.zeMemAllocHost(l0.context, ctypes.byref(hdesc), n * 4, 64, ctypes.byref(h)) == 0
+            assert lib.zeMemAllocShared(l0.context, ctypes.byref(ddesc), ctypes.byref(hdesc), n * 4, 64, l0.device,
+                                        ctypes.byref(s)) == 0
+        ctypes.memmove(host[0], a.ctypes.data, n * 4)
+        ctypes.memmove(host[1], b.ctypes.data, n * 4)
+        for i in range(2):      # host -> shared through the immediate command list
+            assert lib.zeCommandListAppendMemoryCopy(l0.cmdlist, shared[i], host[i], n * 4, None, 0, None) == 0
+        module = kernbin.load(natives["vadd"], l0, fallback=False)
+        k = module.kernel("vadd")
+        for i, value in enumerate([shared[0], shared[1], shared[2]]):
+            ptr = ctypes.c_void_p(value.value)
+            assert lib.zeKernelSetArgumentValue(k.handle, i, 8, ctypes.byref(ptr)) == 0
+        count = ctypes.c_int32(n)
+        assert lib.zeKernelSetArgumentValue(k.handle, 3, 4, ctypes.byref(count)) == 0
+        assert lib.zeKernelSetGroupSize(k.handle, 64, 1, 1) == 0
+        groups = ze.ze_group_count_t(n // 64, 1, 1)
+        assert lib.zeCommandListAppendLaunchKernel(l0.cmdlist, k.handle, ctypes.byref(groups), None, 0, None) == 0
+        out = np.empty(n, np.float32)
+        ctypes.memmove(out.ctypes.data, shared[2], n * 4)        # shared memory is host-readable
+        np.testing.assert_allclose(out, a + b, rtol=1e-6)
+        assert lib.zeMemFree(l0.context, ctypes.c_void_p(12345)) != 0   # not an allocation: an error, no crash
+    finally:
+        for p in host + shared:
+            if p.value:
+                lib.zeMemFree(l0.context, p)
