@@ -42,9 +42,9 @@ def cmd_devices(args) -> int:
     from rich.table import Table
     t = Table("target", "type", "name", "arch", "driver", "SPIR-V", "fingerprint", box=None)
     for d in devices:
-        j = d.to_json()
+        spirv = d.to_json().get("spirv", [])
         t.add_row(d.target, d.type, d.id.name, d.id.arch, d.id.driver_version,
-                  " ".join(j.get("spirv", [])) or f"[red]{d.note}[/]", d.id.fingerprint)
+                  f"<={spirv[-1]}" if spirv else f"[red]{d.note}[/]", d.id.fingerprint[:8])
     _console().print(t)
     return 0
 
