@@ -222,7 +222,8 @@ def redis_server(tmp_path):
     pytest.importorskip("redis")
     port = _free_port()
     proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             "--enable-debug-command", "local", "--dir", str(tmp_path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     import redis
     client = redis.Redis(host="127.0.0.1", port=port)
     for _ in range(200):
@@ -313,3 +314,27 @@ def test_redis_stopped_mid_run_local_keeps_serving(tmp_path, redis_server):
     down = [w for w in caught if "unavailable" in str(w.message)]
     assert len(down) == 1                                             # one warning, not one per call
     assert cache.stats()["remote_errors"] >= 1
+
+
+def test_slow_redis_costs_a_bounded_wait_and_one_warning(tmp_path, redis_server):
+    import threading
+    url, _, client = redis_server
+    cache = _tier(tmp_path, "a", url)
+    key, nb = synthetic()
+    cache.put(key, nb)
+    key2, nb2 = synthetic("slow")
+    sleeper = threading.Thread(target=lambda: client.execute_command("DEBUG", "SLEEP", "3"))
+    sleeper.start()
+    time.sleep(0.2)                                    # the server is now stuck for 3 s
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            t0 = time.time()
+            got, hit = cache.get_or_build(key2, lambda: nb2)   # remote read times out, builds locally
+            assert cache.get(key) == nb                         # local hits keep working
+            elapsed = time.time() - t0
+    finally:
+        sleeper.join()
+    assert not hit and got == nb2
+    assert elapsed < 2.5, f"a slow Redis cost {elapsed:.1f} s"
+    assert len([w for w in caught if "unavailable" in str(w.message)]) == 1
