@@ -76,3 +76,28 @@ def run_cli(*args, env=None) -> subprocess.CompletedProcess:
     e.update(env or {})
     return subprocess.run([sys.executable, "-m", "kernbin", *args], capture_output=True, text=True,
                           env=e, cwd=ROOT, timeout=600)
+
+
+_RELOAD = """
+import json, sys, numpy as np, kernbin
+from kernbin.samples import SAMPLES
+out = {}
+for name, s in SAMPLES.items():
+    m = kernbin.load(f"{sys.argv[1]}/{name}.knb", sys.argv[2], fallback=False)
+    L = s.setup(np.random.default_rng())
+    m.kernel(s.kernel).launch(L.global_size, L.local_size, *L.args)
+    out[name] = [m.source, L.correct()]
+print(json.dumps(out))
+"""
+
+
+def reload_samples_in_fresh_process(natives: dict, target: str, tmp_path) -> dict:
+    """Save every sample's binary (without IR), load each natively in a new process on ``target``,
+    run it on fresh inputs: {name: [source, correct]}."""
+    import json
+    for name, native in natives.items():
+        native.without_ir().save(tmp_path / f"{name}.knb")
+    p = subprocess.run([sys.executable, "-c", _RELOAD, str(tmp_path), target], capture_output=True, text=True,
+                       cwd=ROOT, timeout=300)
+    assert p.returncode == 0, p.stderr
+    return json.loads(p.stdout.splitlines()[-1])

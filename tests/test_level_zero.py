@@ -4,7 +4,6 @@ import dataclasses
 import json
 import os
 import shutil
-import struct
 import subprocess
 
 import numpy as np
@@ -15,7 +14,7 @@ from kernbin import BuildError, FallbackWarning, RuntimeAPIError
 from kernbin.backends import _ze as ze
 from kernbin.samples import SAMPLES
 
-from conftest import ZE_DRIVER, ZE_DRIVER_ERROR, run_cli, run_py
+from conftest import ZE_DRIVER, ZE_DRIVER_ERROR, reload_samples_in_fresh_process, run_cli, run_py
 
 HEADER = "/usr/include/level_zero/ze_api.h"
 
@@ -96,22 +95,7 @@ def test_build_take_native_reload_run(l0, natives, name):
 
 
 def test_reload_natively_in_a_fresh_process(l0, natives, tmp_path):
-    for name in SAMPLES:
-        natives[name].without_ir().save(tmp_path / f"{name}.knb")
-    code = f"""
-import json, numpy as np, kernbin
-from kernbin.samples import SAMPLES
-out = {{}}
-for name, s in SAMPLES.items():
-    m = kernbin.load({str(tmp_path)!r} + f"/{{name}}.knb", "level-zero:0", fallback=False)
-    L = s.setup(np.random.default_rng())
-    m.kernel(s.kernel).launch(L.global_size, L.local_size, *L.args)
-    out[name] = [m.source, L.correct()]
-print(json.dumps(out))
-"""
-    p = run_py(code)
-    assert p.returncode == 0, p.stderr
-    assert json.loads(p.stdout.splitlines()[-1]) == {n: ["native", True] for n in SAMPLES}
+    assert reload_samples_in_fresh_process(natives, "level-zero:0", tmp_path) == {n: ["native", True] for n in SAMPLES}
 
 
 def test_build_log_on_a_bad_build(l0):

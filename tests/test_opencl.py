@@ -1,6 +1,5 @@
 """Build -> reload -> run on the real Intel CPU OpenCL runtime, outputs checked against numpy."""
 import dataclasses
-import json
 import warnings
 
 import numpy as np
@@ -10,7 +9,7 @@ import kernbin
 from kernbin import BuildError, FallbackWarning, IncompatibleBinary, InvalidBinary, LaunchError, NativeBinary
 from kernbin.samples import SAMPLES
 
-from conftest import run_py
+from conftest import reload_samples_in_fresh_process
 
 
 @pytest.fixture(scope="module")
@@ -58,23 +57,7 @@ def test_local_memory_is_reported(cpu, natives):
 
 
 def test_reload_from_file_in_a_fresh_process(cpu, natives, tmp_path):
-    for name in SAMPLES:
-        natives[name].without_ir().save(tmp_path / f"{name}.knb")
-    code = f"""
-import json, numpy as np, kernbin
-from kernbin.samples import SAMPLES
-out = {{}}
-for name, s in SAMPLES.items():
-    m = kernbin.load({str(tmp_path)!r} + f"/{{name}}.knb", "opencl:cpu", fallback=False)
-    L = s.setup(np.random.default_rng())
-    m.kernel(s.kernel).launch(L.global_size, L.local_size, *L.args)
-    out[name] = [m.source, L.correct()]
-print(json.dumps(out))
-"""
-    p = run_py(code)
-    assert p.returncode == 0, p.stderr
-    out = json.loads(p.stdout.splitlines()[-1])
-    assert out == {name: ["native", True] for name in SAMPLES}
+    assert reload_samples_in_fresh_process(natives, "opencl:cpu", tmp_path) == {n: ["native", True] for n in SAMPLES}
 
 
 def _spy_loads(monkeypatch, device):

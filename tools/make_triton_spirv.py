@@ -10,10 +10,12 @@ and upstream ``triton`` both install the package ``triton``)::
     CC=g++ /tmp/triton-xpu-env/bin/python tools/make_triton_spirv.py tests/data/triton
 
 Writes ``<name>.spv`` and ``<name>.json`` (Triton's metadata: kernel name, warps,
-threads per warp, shared memory, build flags) for each kernel.
+threads per warp, shared memory, build flags) for each kernel. Debug strings naming this
+machine's paths (``OpString``) are cut down to the file's base name.
 """
 import json
 import os
+import struct
 import sys
 
 import triton
@@ -66,12 +68,30 @@ KERNELS = {
 }
 
 
+def strip_paths(spv: bytes) -> bytes:
+    """Rewrite every OpString (opcode 7) that holds a path to its base name."""
+    words = struct.unpack(f"<{len(spv) // 4}I", spv)
+    out, i = list(words[:5]), 5
+    while i < len(words):
+        count, opcode = words[i] >> 16, words[i] & 0xFFFF
+        inst = list(words[i:i + count])
+        if opcode == 7 and count >= 3:
+            raw = struct.pack(f"<{count - 2}I", *inst[2:]).split(b"\0")[0]
+            text = os.path.basename(raw.decode("utf-8", "replace")).encode() + b"\0"
+            text += b"\0" * (-len(text) % 4)
+            lit = list(struct.unpack(f"<{len(text) // 4}I", text))
+            inst = [((2 + len(lit)) << 16) | 7, inst[1], *lit]
+        out.extend(inst)
+        i += count
+    return struct.pack(f"<{len(out)}I", *out)
+
+
 def main(out_dir: str) -> None:
     os.makedirs(out_dir, exist_ok=True)
     for name, (fn, signature, constexprs, opts) in KERNELS.items():
         src = ASTSource(fn=fn, signature=signature, constexprs=constexprs)
         compiled = triton.compile(src, target=TARGET, options=opts)
-        spv = compiled.asm["spv"]
+        spv = strip_paths(compiled.asm["spv"])
         with open(os.path.join(out_dir, f"{name}.spv"), "wb") as f:
             f.write(spv)
         md = compiled.metadata._asdict()
