@@ -132,7 +132,7 @@ class NativeBinary:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write atomically: a temp file in the same directory, fsync, rename."""
-        _atomic_write(os.fspath(path), self.to_bytes())
+        atomic_write(os.fspath(path), self.to_bytes())
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> "NativeBinary":
@@ -218,7 +218,10 @@ def _check_sections(sections, payload_len: int) -> list[tuple[str, int, str]]:
     return out
 
 
-def _atomic_write(path: str, data: bytes) -> None:
+def atomic_write(path: str, data: bytes) -> None:
+    """Crash-safe publish: a temp file in the same directory, fsync, rename, fsync of the
+    directory. A reader sees the old file or the whole new one; a writer killed midway
+    leaves only a ``.tmp-*`` file behind."""
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".knb")
     try:
@@ -233,3 +236,13 @@ def _atomic_write(path: str, data: bytes) -> None:
         except OSError:
             pass
         raise
+    try:
+        dfd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dfd)
+    except OSError:
+        pass
+    finally:
+        os.close(dfd)

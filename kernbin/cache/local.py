@@ -22,7 +22,7 @@ import tempfile
 import time
 from contextlib import contextmanager
 
-from ..artifact import NativeBinary
+from ..artifact import NativeBinary, atomic_write
 from ..errors import InvalidBinary, KernbinError
 from .key import key_for_info
 
@@ -47,19 +47,6 @@ def parse_size(text: "str | int") -> int:
     if not m or m.group(2).upper() not in _UNITS:
         raise KernbinError(f"bad size {text!r}: use bytes or a number with K, M, G or T (e.g. 500M)")
     return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
-
-
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 class LocalStore:
@@ -107,21 +94,9 @@ class LocalStore:
         """Publish atomically (temp file, fsync, rename); readers never see a torn entry."""
         if key_for_info(native.info) != key:
             raise KernbinError("refusing to store a binary under a key its build info does not hash to")
-        data = native.without_ir().to_bytes()
         path = self.path(key)
-        directory = os.path.dirname(path)
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            self._remove(tmp)
-            raise
-        _fsync_dir(directory)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        atomic_write(path, native.without_ir().to_bytes())
         if self.max_size is not None:
             self.prune(self.max_size, _only_if_over=True)
         return path
