@@ -137,7 +137,15 @@ class NativeBinary:
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> "NativeBinary":
         with open(path, "rb") as f:
-            return cls.from_bytes(f.read())
+            return cls.read_from(f)
+
+    @classmethod
+    def read_from(cls, f, size: int | None = None) -> "NativeBinary":
+        """Parse and verify a ``.knb`` from a binary file object of ``size`` bytes (default: its
+        fstat size). Sections are read straight into their own buffers: no copy of the payload."""
+        if size is None:
+            size = os.fstat(f.fileno()).st_size
+        return cls._read(f.read, size)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "NativeBinary":
@@ -146,10 +154,24 @@ class NativeBinary:
         When only the native section is bad, the raised error carries the
         verified ``build_info`` and ``ir`` so a caller can rebuild.
         """
-        data = memoryview(data)
-        if len(data) < _PREFIX.size:
-            raise InvalidBinary(f"file too short ({len(data)} bytes) for a .knb header")
-        magic, version, hlen, hsha = _PREFIX.unpack_from(data, 0)
+        data = bytes(data)
+        pos = 0
+
+        def read(n: int) -> bytes:
+            nonlocal pos
+            chunk = data[pos:pos + n]
+            pos += len(chunk)
+            return chunk
+        return cls._read(read, len(data))
+
+    @classmethod
+    def _read(cls, read, total: int) -> "NativeBinary":
+        if total < _PREFIX.size:
+            raise InvalidBinary(f"file too short ({total} bytes) for a .knb header")
+        prefix = read(_PREFIX.size)
+        if len(prefix) != _PREFIX.size:
+            raise InvalidBinary("truncated while reading the header")
+        magic, version, hlen, hsha = _PREFIX.unpack(prefix)
         if magic != KNB_MAGIC:
             raise InvalidBinary("not a kernbin native binary (bad magic)")
         if version != KNB_VERSION:
@@ -157,23 +179,24 @@ class NativeBinary:
         if hlen > MAX_HEADER:
             raise InvalidBinary(f"header length {hlen} exceeds the {MAX_HEADER}-byte limit")
         hend = _PREFIX.size + hlen
-        if hend > len(data):
-            raise InvalidBinary(f"truncated: header needs {hend} bytes, file has {len(data)}")
-        hbytes = bytes(data[_PREFIX.size:hend])
-        if hashlib.sha256(hbytes).digest() != hsha:
+        if hend > total:
+            raise InvalidBinary(f"truncated: header needs {hend} bytes, file has {total}")
+        hbytes = read(hlen)
+        if len(hbytes) != hlen or hashlib.sha256(hbytes).digest() != hsha:
             raise InvalidBinary("header checksum mismatch (corrupted header)")
         try:
             header = json.loads(hbytes)
             if not isinstance(header, dict) or header.get("kernbin_format") != KNB_VERSION:
                 raise ValueError("header is not a version-1 kernbin header")
             info = BuildInfo.from_json(header.get("build"))
-            sections = _check_sections(header.get("sections"), len(data) - hend)
+            sections = _check_sections(header.get("sections"), total - hend)
         except (ValueError, TypeError) as e:
             raise InvalidBinary(f"bad header: {e}") from None
-        blobs, bad, offset = {}, [], hend
+        blobs, bad = {}, []
         for name, size, sha in sections:
-            blob = bytes(data[offset:offset + size])
-            offset += size
+            blob = read(size)
+            if len(blob) != size:
+                raise InvalidBinary(f"truncated while reading section {name}", build_info=info)
             if hashlib.sha256(blob).hexdigest() != sha:
                 bad.append(name)
             blobs[name] = blob

@@ -71,14 +71,13 @@ class LocalStore:
         path = self.path(key)
         try:
             with open(path, "rb") as f:
-                data = f.read()
-                mtime = os.fstat(f.fileno()).st_mtime
-        except FileNotFoundError:
-            return None
-        try:
-            native = NativeBinary.from_bytes(data)
+                st = os.fstat(f.fileno())
+                native = NativeBinary.read_from(f, st.st_size)   # sections straight into their buffers
             if key_for_info(native.info) != key:
                 raise InvalidBinary("entry's build info does not hash to its key (misplaced entry)")
+            mtime = st.st_mtime
+        except FileNotFoundError:
+            return None
         except InvalidBinary:
             self._remove(path)
             self.record("corrupt")
