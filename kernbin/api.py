@@ -78,12 +78,16 @@ def _build_on(device, ir: SpirvModule, options: str, policy) -> NativeBinary:
                              getattr(device, "grf_flags", None), what=str(device.target))
 
 
-def _build_job(ir_bytes: bytes, target: str, options: str, grf: str, spill_threshold, use_cache: bool):
-    """One target of :func:`build_many`, in a worker process: returns (.knb bytes, cache hit)."""
+def _build_one(ir, target: str, options: str, grf: str, spill_threshold, use_cache: bool):
     if use_cache:
-        native, hit = get_or_build_ex(ir_bytes, target, options, grf=grf, spill_threshold=spill_threshold)
-    else:
-        native, hit = build(ir_bytes, target, options, grf=grf, spill_threshold=spill_threshold), False
+        return get_or_build_ex(ir, target, options, grf=grf, spill_threshold=spill_threshold)
+    return build(ir, target, options, grf=grf, spill_threshold=spill_threshold), False
+
+
+def _build_job(ir_bytes: bytes, target: str, options: str, grf: str, spill_threshold, use_cache: bool):
+    """One target of :func:`build_many`, in a worker process: returns (.knb bytes, cache hit);
+    the parent verifies the bytes again as it reads them."""
+    native, hit = _build_one(ir_bytes, target, options, grf, spill_threshold, use_cache)
     return native.to_bytes(), hit
 
 
@@ -102,8 +106,7 @@ def build_many(ir, targets, options: str = "", *, grf: str = "default", spill_th
     results = {}
     if jobs == 1:
         for t in targets:
-            data, hit = _build_job(ir.data, t, options, grf, spill_threshold, use_cache)
-            results[t] = (NativeBinary.from_bytes(data), hit)
+            results[t] = _build_one(ir, t, options, grf, spill_threshold, use_cache)
             if progress:
                 progress(t)
         return results

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 import time
 from contextlib import contextmanager
 
@@ -223,12 +222,7 @@ class LocalStore:
                                     counts[name] += float(value) if "." in value else int(value)
                                 except ValueError:
                                     continue
-                fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".tmp-stats-")
-                with os.fdopen(fd, "w") as f:
-                    json.dump(counts, f)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, stats_path)
+                atomic_write(stats_path, json.dumps(counts).encode())
                 for path in foldings:
                     self._remove(path)
         counts["build_seconds_saved"] = round(counts["build_seconds_saved"], 6)
