@@ -8,9 +8,13 @@
  * runtime (Intel's, from PyPI intel-opencl-rt):
  *
  *   SPIR-V module      clCreateProgramWithIL + clBuildProgram
- *   native binary      a 40-byte header (magic, format, driver version, device UUID)
- *                      + CL_PROGRAM_BINARIES; anything else, or a header for another
- *                      driver version or device, is ZE_RESULT_ERROR_INVALID_NATIVE_BINARY
+ *   native binary      a 48-byte header (magic, format, driver version, device UUID, payload
+ *                      size and FNV-1a checksum) + CL_PROGRAM_BINARIES (an x86-64 ELF); anything
+ *                      else, a header for another driver version or device, or a payload that
+ *                      fails its checksum is ZE_RESULT_ERROR_INVALID_NATIVE_BINARY, decided before
+ *                      the OpenCL runtime sees a byte of it: the runtime aborts on some corrupt
+ *                      binaries, and an Intel GPU zebin (an ELF with e_machine 205) or random
+ *                      bytes never reach clCreateProgramWithBinary
  *   native load        clCreateProgramWithBinary + clBuildProgram
  *   memory             cl_intel_unified_shared_memory (host, device, shared)
  *   immediate lists    synchronous: every append runs to completion before returning
@@ -26,12 +30,23 @@
  *                        driver update: binaries of another version are then refused
  *   KBZE_SPILL_BYTES     spillMemSize to report for kernels not built with
  *                        -ze-opt-large-register-file (default 0: the CPU does not spill)
+ *   KBZE_DEVICE_IP       the ipVersion to report in ze_device_ip_version_ext_t (strtoul base 0,
+ *                        0..0xffffffff, e.g. 0x030f0007 = 12.60.7, a PVC; default 0x00010000),
+ *                        to play an Intel GPU: while it is set the device also reports
+ *                        ZE_DEVICE_TYPE_GPU and vendorId 0x8086 (default ZE_DEVICE_TYPE_CPU);
+ *                        an empty or invalid value (not a whole number, negative, out of range)
+ *                        counts as unset
+ *   KBZE_DEVICE_NAME     the device name to report (default "<OpenCL CPU name> (kernbin Level
+ *                        Zero CPU test driver)"), cut to ZE_MAX_DEVICE_NAME - 1 bytes at a UTF-8
+ *                        character boundary; empty counts as unset
+ * All knobs but KBZE_SPILL_BYTES are read once, at zeInit.
  */
 #define _GNU_SOURCE
 #define CL_TARGET_OPENCL_VERSION 300
 #include <CL/cl.h>
 #include <CL/cl_ext.h>
 #include <dlfcn.h>
+#include <errno.h>
 #include <level_zero/ze_api.h>
 #include <level_zero/ze_ddi.h>
 #include <level_zero/zes_ddi.h>
@@ -53,9 +68,14 @@ typedef struct _ze_device_ip_version_ext_t {
 #endif
 
 #define KBZE_IP_VERSION 0x00010000u         /* "kernbin CPU 1.0" */
+#define KBZE_VENDOR_INTEL 0x8086u
+#define ELF_EM_X86_64 62u                   /* what Intel's CPU runtime puts in CL_PROGRAM_BINARIES */
+#define ELF_EM_INTELGT 205u                 /* an Intel GPU binary (zebin) */
+#define ELF64_EHDR_SIZE 64
 #define NATIVE_MAGIC "KBZECPU\0"
-#define NATIVE_FORMAT 1u
-#define NATIVE_HEADER 40                    /* magic 8, format 4, driver 4, uuid 16, size 8 */
+#define NATIVE_FORMAT 2u                    /* 1: the 40-byte header without the checksum */
+#define NATIVE_HEADER 48                    /* magic 8, format 4, driver 4, uuid 16, size 8, fnv1a64 8 */
+#define NATIVE_CHECKSUM_SEED 0xcbf29ce484222325ull
 #define LARGE_GRF_FLAG "-ze-opt-large-register-file"
 
 /* ---- OpenCL entry points, resolved from the ICD loader at zeInit --------------------- */
@@ -96,7 +116,8 @@ static struct {
 /* ---- handles -------------------------------------------------------------------------- */
 struct kb_driver { uint32_t version; uint8_t uuid[ZE_MAX_DRIVER_UUID_SIZE]; };
 struct kb_device { cl_platform_id platform; cl_device_id device; char name[ZE_MAX_DEVICE_NAME];
-                   uint8_t uuid[ZE_MAX_DEVICE_UUID_SIZE]; };
+                   uint8_t uuid[ZE_MAX_DEVICE_UUID_SIZE]; ze_device_type_t type; uint32_t vendor_id;
+                   uint32_t ip_version; };
 struct kb_context { cl_context ctx; cl_command_queue queue; };
 struct kb_alloc { void *ptr; size_t size; struct kb_alloc *next; };
 struct kb_log { char *text; };
@@ -192,6 +213,46 @@ static int pick_device(void) {
     return 0;
 }
 
+/* A whole number in 0..UINT32_MAX (strtoul base 0: decimal, 0x hex, 0 octal), surrounding
+ * white space allowed; returns 0 (and leaves *out alone) for unset, empty or invalid. */
+static int env_u32(const char *var, uint32_t *out) {
+    const char *s = getenv(var);
+    if (!s) return 0;
+    while (*s == ' ' || *s == '\t' || *s == '\n' || *s == '\r') s++;
+    if (!*s || *s == '-' || *s == '+') return 0;           /* strtoul would wrap "-1" to ULONG_MAX */
+    char *end = NULL;
+    errno = 0;
+    unsigned long v = strtoul(s, &end, 0);
+    if (end == s || errno == ERANGE || v > UINT32_MAX) return 0;
+    while (*end == ' ' || *end == '\t' || *end == '\n' || *end == '\r') end++;
+    if (*end) return 0;
+    *out = (uint32_t)v;
+    return 1;
+}
+
+/* KBZE_DEVICE_IP / KBZE_DEVICE_NAME over the identity pick_device gave the CPU. */
+static void apply_device_knobs(void) {
+    g_device.type = ZE_DEVICE_TYPE_CPU;
+    g_device.vendor_id = KBZE_VENDOR_INTEL;
+    g_device.ip_version = KBZE_IP_VERSION;
+    uint32_t ip;
+    if (env_u32("KBZE_DEVICE_IP", &ip)) {                  /* playing an Intel GPU */
+        g_device.ip_version = ip;
+        g_device.type = ZE_DEVICE_TYPE_GPU;
+        g_device.vendor_id = KBZE_VENDOR_INTEL;
+    }
+    const char *name = getenv("KBZE_DEVICE_NAME");
+    if (name && *name) {
+        size_t n = strlen(name);
+        if (n > sizeof g_device.name - 1) {
+            n = sizeof g_device.name - 1;
+            while (n > 0 && ((unsigned char)name[n] & 0xc0) == 0x80) n--;   /* not inside a UTF-8 character */
+        }
+        memcpy(g_device.name, name, n);
+        g_device.name[n] = '\0';
+    }
+}
+
 static ze_result_t ZE_APICALL kb_zeInit(ze_init_flags_t flags) {
     pthread_mutex_lock(&g_lock);
     if (!g_ready && g_init_result == ZE_RESULT_ERROR_UNINITIALIZED) {
@@ -203,6 +264,7 @@ static ze_result_t ZE_APICALL kb_zeInit(ze_init_flags_t flags) {
             uint64_t h = fnv1a(&g_driver.version, sizeof g_driver.version, 0x84222325cbf29ce4ull);
             memcpy(g_driver.uuid, &h, 8);
             memcpy(g_driver.uuid + 8, g_device.uuid, 8);
+            apply_device_knobs();
             g_ready = 1;
             g_init_result = ZE_RESULT_SUCCESS;
         }
@@ -263,8 +325,8 @@ static ze_result_t ZE_APICALL kb_zeDeviceGetProperties(ze_device_handle_t h, ze_
     cl.GetDeviceInfo(d->device, CL_DEVICE_MAX_COMPUTE_UNITS, sizeof units, &units, NULL);
     cl.GetDeviceInfo(d->device, CL_DEVICE_MAX_CLOCK_FREQUENCY, sizeof mhz, &mhz, NULL);
     cl.GetDeviceInfo(d->device, CL_DEVICE_MAX_MEM_ALLOC_SIZE, sizeof maxalloc, &maxalloc, NULL);
-    p->type = ZE_DEVICE_TYPE_CPU;
-    p->vendorId = 0x8086;
+    p->type = d->type;
+    p->vendorId = d->vendor_id;
     p->deviceId = 0x0c9u;
     p->flags = ZE_DEVICE_PROPERTY_FLAG_INTEGRATED;
     p->subdeviceId = 0;
@@ -284,7 +346,7 @@ static ze_result_t ZE_APICALL kb_zeDeviceGetProperties(ze_device_handle_t h, ze_
     snprintf(p->name, sizeof p->name, "%s", d->name);
     for (ze_base_properties_t *ext = p->pNext; ext; ext = ext->pNext)
         if (ext->stype == ZE_STRUCTURE_TYPE_DEVICE_IP_VERSION_EXT)
-            ((ze_device_ip_version_ext_t *)ext)->ipVersion = KBZE_IP_VERSION;
+            ((ze_device_ip_version_ext_t *)ext)->ipVersion = d->ip_version;
     return ZE_RESULT_SUCCESS;
 }
 
@@ -475,6 +537,31 @@ static ze_result_t finish_module(struct kb_context *c, cl_program prog, const ch
     return ZE_RESULT_SUCCESS;
 }
 
+/* e_machine of a little-endian ELF (e_ident[EI_DATA] == ELFDATA2LSB), or -1 for anything else. */
+static int elf_machine(const uint8_t *p, size_t n) {
+    if (n < 20 || memcmp(p, "\x7f" "ELF", 4) || p[5] != 1) return -1;
+    return p[18] | p[19] << 8;
+}
+
+/* The payload of a native binary is handed to clCreateProgramWithBinary only when it looks like
+ * what the CPU runtime made: a 64-bit little-endian x86-64 ELF. The header check already ties it
+ * to this driver and device; this keeps forged or corrupt payloads (a GPU zebin, random bytes)
+ * away from the runtime, which need not survive them. Returns NULL when acceptable. */
+static const char *native_payload_problem(const uint8_t *p, size_t n) {
+    int machine = elf_machine(p, n);
+    if (machine == (int)ELF_EM_INTELGT) return "the payload is an Intel GPU binary (ELF e_machine 205), not a CPU one";
+    if (machine < 0 || n < ELF64_EHDR_SIZE || p[4] != 2) return "the payload is not a 64-bit little-endian ELF";
+    if (machine != (int)ELF_EM_X86_64) return "the payload is an ELF for another machine than x86-64";
+    uint64_t phoff, shoff;
+    uint16_t phentsize, phnum, shentsize, shnum;
+    memcpy(&phoff, p + 32, 8); memcpy(&shoff, p + 40, 8);
+    memcpy(&phentsize, p + 54, 2); memcpy(&phnum, p + 56, 2); memcpy(&shentsize, p + 58, 2); memcpy(&shnum, p + 60, 2);
+    if ((phnum && (phoff > n || (uint64_t)phentsize * phnum > n - phoff)) ||
+        (shnum && (shoff > n || (uint64_t)shentsize * shnum > n - shoff)))
+        return "the payload is a truncated or corrupt ELF (its header tables lie outside it)";
+    return NULL;
+}
+
 static ze_result_t ZE_APICALL kb_zeModuleCreate(ze_context_handle_t hc, ze_device_handle_t hd, const ze_module_desc_t *desc,
                                                 ze_module_handle_t *ph, ze_module_build_log_handle_t *plog) {
     NEED_HANDLE(hc); NEED_HANDLE(hd); NEED(desc); NEED(ph);
@@ -490,12 +577,14 @@ static ze_result_t ZE_APICALL kb_zeModuleCreate(ze_context_handle_t hc, ze_devic
     } else if (desc->format == ZE_MODULE_FORMAT_NATIVE) {
         const uint8_t *in = desc->pInputModule;
         uint32_t format, version;
-        uint64_t size;
+        uint64_t size, checksum;
         if (desc->inputSize < NATIVE_HEADER || memcmp(in, NATIVE_MAGIC, 8)) {
-            set_log(plog, strdup("not a native binary of this driver"));
+            set_log(plog, strdup(elf_machine(in, desc->inputSize) == (int)ELF_EM_INTELGT
+                                 ? "not a native binary of this driver: an Intel GPU binary (ELF e_machine 205)"
+                                 : "not a native binary of this driver"));
             return ZE_RESULT_ERROR_INVALID_NATIVE_BINARY;
         }
-        memcpy(&format, in + 8, 4); memcpy(&version, in + 12, 4); memcpy(&size, in + 32, 8);
+        memcpy(&format, in + 8, 4); memcpy(&version, in + 12, 4); memcpy(&size, in + 32, 8); memcpy(&checksum, in + 40, 8);
         if (format != NATIVE_FORMAT || version != g_driver.version || memcmp(in + 16, g_device.uuid, 16) ||
             size != desc->inputSize - NATIVE_HEADER) {
             set_log(plog, strdup("native binary made by another driver version or for another device"));
@@ -503,6 +592,13 @@ static ze_result_t ZE_APICALL kb_zeModuleCreate(ze_context_handle_t hc, ze_devic
         }
         const unsigned char *bin = in + NATIVE_HEADER;
         size_t bin_size = (size_t)size;
+        const char *problem = fnv1a(bin, bin_size, NATIVE_CHECKSUM_SEED) != checksum
+                              ? "the native binary is corrupt (its checksum does not match)"
+                              : native_payload_problem(bin, bin_size);
+        if (problem) {
+            set_log(plog, strdup(problem));
+            return ZE_RESULT_ERROR_INVALID_NATIVE_BINARY;
+        }
         cl_int status = CL_SUCCESS;
         prog = cl.CreateProgramWithBinary(c->ctx, 1, &g_device.device, &bin_size, &bin, &status, &err);
         if (err != CL_SUCCESS || status != CL_SUCCESS) {
@@ -539,9 +635,9 @@ static ze_result_t ZE_APICALL kb_zeModuleGetNativeBinary(ze_module_handle_t h, s
             return ZE_RESULT_ERROR_UNKNOWN;
         }
         uint32_t format = NATIVE_FORMAT;
-        uint64_t size = n;
+        uint64_t size = n, checksum = fnv1a(bin, n, NATIVE_CHECKSUM_SEED);
         memcpy(buf, NATIVE_MAGIC, 8); memcpy(buf + 8, &format, 4); memcpy(buf + 12, &g_driver.version, 4);
-        memcpy(buf + 16, g_device.uuid, 16); memcpy(buf + 32, &size, 8);
+        memcpy(buf + 16, g_device.uuid, 16); memcpy(buf + 32, &size, 8); memcpy(buf + 40, &checksum, 8);
         m->native = buf;
         m->native_size = NATIVE_HEADER + n;
     }
