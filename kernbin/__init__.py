@@ -14,22 +14,24 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from .errors import (BuildError, FallbackWarning, IncompatibleBinary, InvalidBinary, InvalidIR,  # noqa: E402
-                     KernbinError, KernbinWarning, LaunchError, RuntimeAPIError, RuntimeNotFound,
-                     TargetError)
+                     KernbinError, KernbinWarning, KernelNotFound, LaunchError, OfflineTarget, OptionsError,
+                     RuntimeAPIError, RuntimeNotFound, TargetError)
 
 _LAZY = {
-    "SpirvModule": "ir", "read_ir": "ir",
-    "DeviceId": "device",
+    "SpirvModule": "ir", "PtxModule": "ir", "read_ir": "ir",
+    "DeviceId": "device", "Toolchain": "device", "Requirements": "device",
+    "BuildOptions": "options",
     "NativeBinary": "artifact", "BuildInfo": "artifact", "KernelInfo": "artifact",
     "Target": "target", "parse_target": "target",
-    "LocalMemory": "backends.base",
+    "LocalMemory": "backends._launch", "LaunchConfig": "backends._launch", "DevicePointer": "backends._launch",
     "list_devices": "api", "open_device": "api", "build": "api", "build_many": "api", "load": "api", "check": "api",
-    "get_or_build": "api", "default_cache": "api",
+    "get_or_build": "api", "get_or_build_ex": "api", "default_cache": "api", "read_native": "api",
+    "describe_file": "inspect",
 }
 
 __all__ = ["__version__", "BuildError", "FallbackWarning", "IncompatibleBinary", "InvalidBinary",
-           "InvalidIR", "KernbinError", "KernbinWarning", "LaunchError", "RuntimeAPIError",
-           "RuntimeNotFound", "TargetError", *_LAZY]
+           "InvalidIR", "KernbinError", "KernbinWarning", "KernelNotFound", "LaunchError", "OfflineTarget",
+           "OptionsError", "RuntimeAPIError", "RuntimeNotFound", "TargetError", *_LAZY]
 
 
 def __getattr__(name: str):

@@ -12,22 +12,21 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import struct
-import tempfile
 from dataclasses import dataclass, field, replace
 from typing import Mapping
 
-from .device import DeviceId
-from .errors import InvalidBinary, InvalidIR
-from .ir import SpirvModule, read_ir
+from . import container
+from ._fs import atomic_write
+from .device import Requirements, Toolchain
+from .errors import InvalidBinary, InvalidIR, KernbinError
+from .ir import IR, read_ir
+from .options import BuildOptions
 
 __all__ = ["KernelInfo", "BuildInfo", "NativeBinary", "KNB_MAGIC", "KNB_VERSION", "MAX_HEADER"]
 
 KNB_MAGIC = b"\x89KNB\r\n\x1a\n"
-KNB_VERSION = 1
+KNB_VERSION = 2                 # 1: kernbin 0.1 (SHA-256, own layout); 2: the shared container (BLAKE3)
 MAX_HEADER = 1 << 20            # 1 MiB of JSON is far more than any real header
-_PREFIX = struct.Struct("<8sII32s")   # magic, version, header length, header SHA-256
-_SECTIONS = ("native", "ir")
 
 
 @dataclass(frozen=True)
@@ -51,45 +50,84 @@ class KernelInfo:
 
 @dataclass(frozen=True)
 class BuildInfo:
-    """How a native binary was made: from which IR, for which device, with what."""
+    """How a native binary was made and what it needs.
+
+    ``toolchain`` says who built it ("built by": it keys the cache), ``requires`` what a
+    device must be to run it ("runs on": the load gate reads only that). ``options`` is
+    what the caller asked for; ``flags`` what the compiler finally received (the register-file
+    policy may have added one; a rebuild from the IR uses exactly these). ``register_file``
+    records the policy's attempts and choice when one ran.
+    """
     target: str
-    device: DeviceId
+    toolchain: Toolchain
+    requires: Requirements
     ir_kind: str
     ir_sha256: str
-    options: str
-    binary_format: str                       # e.g. "opencl-cpu-elf", "zebin", "cubin"
+    options: BuildOptions
+    flags: tuple[str, ...]
+    binary_format: str                       # e.g. "opencl-cpu-elf", "zebin", "zebin-fat", "cubin"
     kernels: tuple[KernelInfo, ...] = ()
-    tools: Mapping[str, str] = field(default_factory=dict)
+    built_on: str = ""                       # the device it was built on or for, in words
+    device_fingerprint: str = ""             # that device's DeviceId.fingerprint (part of the cache key)
     build_log: str = ""
     build_seconds: float = 0.0
+    register_file: Mapping[str, object] | None = None
     extra: Mapping[str, object] = field(default_factory=dict)   # backend-specific facts
 
     def kernel(self, name: str) -> KernelInfo | None:
         return next((k for k in self.kernels if k.name == name), None)
 
+    @property
+    def flags_text(self) -> str:
+        return " ".join(self.flags)
+
     def to_json(self) -> dict:
         return {
-            "target": self.target, "device": self.device.to_json(), "ir_kind": self.ir_kind,
-            "ir_sha256": self.ir_sha256, "options": self.options, "binary_format": self.binary_format,
-            "kernels": [k.to_json() for k in self.kernels], "tools": dict(self.tools),
-            "build_log": self.build_log, "build_seconds": self.build_seconds, "extra": dict(self.extra),
+            "target": self.target, "toolchain": self.toolchain.to_json(), "requires": self.requires.to_json(),
+            "ir_kind": self.ir_kind, "ir_sha256": self.ir_sha256, "options": self.options.to_json(),
+            "flags": list(self.flags), "binary_format": self.binary_format,
+            "kernels": [k.to_json() for k in self.kernels], "built_on": self.built_on,
+            "device_fingerprint": self.device_fingerprint,
+            "build_log": self.build_log, "build_seconds": self.build_seconds,
+            "register_file": None if self.register_file is None else dict(self.register_file),
+            "extra": dict(self.extra),
         }
 
     @classmethod
     def from_json(cls, obj) -> "BuildInfo":
+        """Parse and type-check; raises ValueError (or KernbinError from the options) on any defect."""
         if not isinstance(obj, dict):
             raise ValueError("build info must be a JSON object")
         try:
+            flags = obj["flags"]
+            if not isinstance(flags, list) or not all(isinstance(f, str) for f in flags):
+                raise ValueError("build info 'flags' must be a list of strings")
+            rf = obj.get("register_file")
+            if rf is not None and not isinstance(rf, dict):
+                raise ValueError("build info 'register_file' must be an object")
+            extra = obj.get("extra", {})
+            if not isinstance(extra, dict):
+                raise ValueError("build info 'extra' must be an object")
+            kernels = obj.get("kernels", [])
+            if not isinstance(kernels, list):
+                raise ValueError("build info 'kernels' must be a list")
+            seconds = obj.get("build_seconds", 0.0)
+            if not isinstance(seconds, (int, float)) or isinstance(seconds, bool):
+                raise ValueError("build info 'build_seconds' must be a number")
             info = cls(
-                target=obj["target"], device=DeviceId.from_json(obj["device"]), ir_kind=obj["ir_kind"],
-                ir_sha256=obj["ir_sha256"], options=obj["options"], binary_format=obj["binary_format"],
-                kernels=tuple(KernelInfo.from_json(k) for k in obj.get("kernels", [])),
-                tools=dict(obj.get("tools", {})), build_log=obj.get("build_log", ""),
-                build_seconds=float(obj.get("build_seconds", 0.0)), extra=dict(obj.get("extra", {})),
+                target=obj["target"], toolchain=Toolchain.from_json(obj["toolchain"]),
+                requires=Requirements.from_json(obj["requires"]), ir_kind=obj["ir_kind"],
+                ir_sha256=obj["ir_sha256"], options=BuildOptions.from_json(obj["options"]), flags=tuple(flags),
+                binary_format=obj["binary_format"], kernels=tuple(KernelInfo.from_json(k) for k in kernels),
+                built_on=obj.get("built_on", ""), device_fingerprint=obj.get("device_fingerprint", ""), build_log=obj.get("build_log", ""),
+                build_seconds=float(seconds), register_file=rf, extra=extra,
             )
         except KeyError as e:
             raise ValueError(f"build info is missing {e.args[0]!r}") from None
-        for name in ("target", "ir_kind", "ir_sha256", "options", "binary_format", "build_log"):
+        except KernbinError as e:
+            raise ValueError(f"build info options: {e}") from None
+        for name in ("target", "ir_kind", "ir_sha256", "binary_format", "build_log", "built_on",
+                     "device_fingerprint"):
             if not isinstance(getattr(info, name), str):
                 raise ValueError(f"build info field {name!r} must be a string")
         return info
@@ -100,7 +138,7 @@ class NativeBinary:
     """Immutable: device binary bytes, their :class:`BuildInfo`, and optionally the IR."""
     binary: bytes = field(repr=False)
     info: BuildInfo
-    ir: SpirvModule | None = field(default=None, repr=False)
+    ir: IR | None = field(default=None, repr=False)
 
     @property
     def sha256(self) -> str:
@@ -118,17 +156,8 @@ class NativeBinary:
         sections = [("native", self.binary)]
         if self.ir is not None:
             sections.append(("ir", self.ir.data))
-        header = {
-            "kernbin_format": KNB_VERSION,
-            "build": self.info.to_json(),
-            "sections": [{"name": n, "size": len(b), "sha256": hashlib.sha256(b).hexdigest()}
-                         for n, b in sections],
-        }
-        hbytes = json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
-        if len(hbytes) > MAX_HEADER:
-            raise InvalidBinary(f"header of {len(hbytes)} bytes exceeds the {MAX_HEADER}-byte limit")
-        prefix = _PREFIX.pack(KNB_MAGIC, KNB_VERSION, len(hbytes), hashlib.sha256(hbytes).digest())
-        return b"".join([prefix, hbytes] + [b for _, b in sections])
+        return container.pack(KNB_MAGIC, KNB_VERSION, {"build": self.info.to_json()}, sections,
+                              max_header=MAX_HEADER)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write atomically: a temp file in the same directory, fsync, rename."""
@@ -136,136 +165,87 @@ class NativeBinary:
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> "NativeBinary":
-        with open(path, "rb") as f:
-            return cls.read_from(f)
+        """Read and verify a ``.knb`` file (a regular file: FIFOs and devices are refused)."""
+        from ._fs import read_regular_file
+        return cls.from_bytes(read_regular_file(path, MAX_KNB_BYTES, what=".knb file"))
 
     @classmethod
     def read_from(cls, f, size: int | None = None) -> "NativeBinary":
         """Parse and verify a ``.knb`` from a binary file object of ``size`` bytes (default: its
         fstat size). Sections are read straight into their own buffers: no copy of the payload."""
-        if size is None:
-            size = os.fstat(f.fileno()).st_size
-        return cls._read(f.read, size)
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> "NativeBinary":
-        """Parse and verify a ``.knb``. Raises :class:`InvalidBinary` on any defect.
-
-        When only the native section is bad, the raised error carries the
-        verified ``build_info`` and ``ir`` so a caller can rebuild.
-        """
-        data = bytes(data)
-        pos = 0
-
-        def read(n: int) -> bytes:
-            nonlocal pos
-            chunk = data[pos:pos + n]
-            pos += len(chunk)
-            return chunk
-        return cls._read(read, len(data))
-
-    @classmethod
-    def _read(cls, read, total: int) -> "NativeBinary":
-        if total < _PREFIX.size:
-            raise InvalidBinary(f"file too short ({total} bytes) for a .knb header")
-        prefix = read(_PREFIX.size)
-        if len(prefix) != _PREFIX.size:
-            raise InvalidBinary("truncated while reading the header")
-        magic, version, hlen, hsha = _PREFIX.unpack(prefix)
-        if magic != KNB_MAGIC:
-            raise InvalidBinary("not a kernbin native binary (bad magic)")
-        if version != KNB_VERSION:
-            raise InvalidBinary(f"unsupported .knb format version {version} (this kernbin reads {KNB_VERSION})")
-        if hlen > MAX_HEADER:
-            raise InvalidBinary(f"header length {hlen} exceeds the {MAX_HEADER}-byte limit")
-        hend = _PREFIX.size + hlen
-        if hend > total:
-            raise InvalidBinary(f"truncated: header needs {hend} bytes, file has {total}")
-        hbytes = read(hlen)
-        if len(hbytes) != hlen or hashlib.sha256(hbytes).digest() != hsha:
-            raise InvalidBinary("header checksum mismatch (corrupted header)")
         try:
-            header = json.loads(hbytes)
-            if not isinstance(header, dict) or header.get("kernbin_format") != KNB_VERSION:
-                raise ValueError("header is not a version-1 kernbin header")
-            info = BuildInfo.from_json(header.get("build"))
-            sections = _check_sections(header.get("sections"), total - hend)
-        except (ValueError, TypeError) as e:
-            raise InvalidBinary(f"bad header: {e}") from None
-        blobs, bad = {}, []
-        for name, size, sha in sections:
-            blob = read(size)
-            if len(blob) != size:
-                raise InvalidBinary(f"truncated while reading section {name}", build_info=info)
-            if hashlib.sha256(blob).hexdigest() != sha:
-                bad.append(name)
-            blobs[name] = blob
+            c = container.Container.read(f, size, magic=KNB_MAGIC, versions=(KNB_VERSION,), max_header=MAX_HEADER)
+        except container.ContainerError as e:
+            raise _explain(e) from None
+        return cls._from_container(c)
+
+    @classmethod
+    def from_bytes(cls, data) -> "NativeBinary":
+        """Parse and verify a ``.knb``. Raises :class:`InvalidBinary` (``rule`` says which rule
+        failed) on any defect. When only the native section is bad, the raised error carries
+        the verified ``build_info`` and ``ir`` so a caller can rebuild."""
+        try:
+            c = container.Container.parse(bytes(data), magic=KNB_MAGIC, versions=(KNB_VERSION,),
+                                          max_header=MAX_HEADER)
+        except container.ContainerError as e:
+            raise _explain(e) from None
+        return cls._from_container(c)
+
+    @classmethod
+    def _from_container(cls, c: "container.Container") -> "NativeBinary":
+        info = _info_for(c)
+        names = set(c.names)
+        if "native" not in names or not names <= {"native", "ir"}:
+            raise InvalidBinary(f"a .knb holds a 'native' section and optionally 'ir', not {sorted(names)}",
+                                rule="sections", build_info=info)
         ir = None
-        if "ir" in blobs and "ir" not in bad:
+        if "ir" in names:
             try:
-                ir = read_ir(blobs["ir"])
-            except InvalidIR as e:
-                raise InvalidBinary(f"embedded IR is invalid: {e}", build_info=info) from None
-            if ir.sha256 != info.ir_sha256:
-                raise InvalidBinary("embedded IR does not match the build info's IR hash", build_info=info)
-        if bad:
-            raise InvalidBinary(f"checksum mismatch in section(s) {', '.join(bad)} (corrupted data)",
-                                build_info=info, ir=ir)
-        return cls(binary=blobs["native"], info=info, ir=ir)
-
-
-def _check_sections(sections, payload_len: int) -> list[tuple[str, int, str]]:
-    if not isinstance(sections, list) or not sections:
-        raise ValueError("'sections' must be a non-empty list")
-    out, seen, total = [], set(), 0
-    for s in sections:
-        if not isinstance(s, dict):
-            raise ValueError("section entries must be objects")
-        name, size, sha = s.get("name"), s.get("size"), s.get("sha256")
-        if name not in _SECTIONS:
-            raise ValueError(f"unknown section {name!r}")
-        if name in seen:
-            raise ValueError(f"duplicate section {name!r}")
-        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            raise ValueError(f"section {name!r} has a bad size {size!r}")
-        if not isinstance(sha, str) or len(sha) != 64:
-            raise ValueError(f"section {name!r} has a bad sha256")
-        seen.add(name)
-        total += size
-        out.append((name, size, sha))
-    if "native" not in seen:
-        raise ValueError("no 'native' section")
-    if total != payload_len:
-        raise ValueError(f"sections cover {total} bytes but the payload is {payload_len} bytes "
-                         f"({'truncated' if total > payload_len else 'trailing data'})")
-    return out
-
-
-def atomic_write(path: str, data: bytes) -> None:
-    """Crash-safe publish: a temp file in the same directory, fsync, rename, fsync of the
-    directory. A reader sees the old file or the whole new one; a writer killed midway
-    leaves only a ``.tmp-*`` file behind."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".knb")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
+                data = c.section("ir")
+            except container.ContainerError:
+                data = None
+            if data is not None:
+                try:
+                    ir = read_ir(data, info.ir_kind)
+                except InvalidIR as e:
+                    raise InvalidBinary(f"embedded IR is invalid: {e}", rule="ir", build_info=info) from None
+                if ir.sha256 != info.ir_sha256:
+                    raise InvalidBinary("embedded IR does not match the build info's IR hash", rule="ir",
+                                        build_info=info)
         try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:
-        dfd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dfd)
-    except OSError:
-        pass
-    finally:
-        os.close(dfd)
+            binary = c.section("native")
+            if "ir" in names and ir is None:
+                c.section("ir")               # raises: the IR section failed its digest
+        except container.ContainerError as e:
+            raise InvalidBinary(f"digest mismatch in section {e.section} (corrupted data)", rule="section-digest",
+                                build_info=info, ir=ir) from None
+        return cls(binary=binary, info=info, ir=ir)
+
+
+#: the largest .knb kernbin reads from a file (a device binary of a few hundred MB at most)
+MAX_KNB_BYTES = 1 << 30
+_info_cache: dict[bytes, BuildInfo] = {}
+_INFO_CACHE_ENTRIES = 256
+
+
+def _info_for(c) -> BuildInfo:
+    """BuildInfo from a verified container header, memoised by the header's BLAKE3 digest (the
+    same header bytes always give the same immutable BuildInfo)."""
+    info = _info_cache.get(c.header_digest)
+    if info is None:
+        try:
+            info = BuildInfo.from_json(c.meta.get("build"))
+        except (ValueError, TypeError, KernbinError, RecursionError) as e:
+            raise InvalidBinary(f"bad build info in the header: {e}", rule="build-info") from None
+        if len(_info_cache) >= _INFO_CACHE_ENTRIES:
+            _info_cache.pop(next(iter(_info_cache)))
+        _info_cache[c.header_digest] = info
+    return info
+
+
+def _explain(e: "container.ContainerError") -> InvalidBinary:
+    if e.rule == "version":
+        e.reason = (f"{e.reason}; this kernbin reads .knb format {KNB_VERSION} (files from kernbin 0.1 are "
+                    f"format 1: rebuild them, e.g. with `kernbin build`)")
+        e.args = (f"invalid native binary: {e.reason}",)
+    return e

@@ -7,14 +7,16 @@ result is back on the host; correctness is checked against numpy afterwards.
 
 Three paths, interleaved within each repetition:
 
-``ir``     pyopencl: ``clCreateProgramWithIL`` + build + kernel + launch -- the JIT
-           path every process pays without kernbin (Level Zero: ``zeModuleCreate(SPIR-V)``
-           through the backend's ``load_ir``);
-``native`` kernbin: ``kernbin.load(.knb bytes)`` (container verification,
-           compatibility gate) + ``module.kernel`` + ``launch``;
-``raw``    pyopencl: ``clCreateProgramWithBinary`` on the bare device binary + build
-           + kernel + launch -- the floor kernbin's own overhead is measured against
-           (Level Zero: ``zeModuleCreate(NATIVE)`` through the backend's ``load_binary``).
+``ir``     the runtime's own JIT through the backend's ``load_ir`` (OpenCL:
+           ``clCreateProgramWithIL`` + build; Level Zero: ``zeModuleCreate(SPIR-V)``) + kernel +
+           launch -- the path every process pays without kernbin;
+``native`` kernbin: ``kernbin.load(.knb bytes)`` (container verification, runs-on gate) +
+           ``module.kernel`` + ``launch``;
+``raw``    the bare device binary through the backend's ``load_binary`` (OpenCL:
+           ``clCreateProgramWithBinary`` + build; Level Zero: ``zeModuleCreate(NATIVE)``), none of
+           kernbin's checks + kernel + launch -- the floor kernbin's own overhead is measured against.
+
+All three launch through the same launcher, so the differences are the load paths.
 """
 
 from __future__ import annotations
@@ -32,31 +34,12 @@ __all__ = ["run_bench", "MODES"]
 MODES = ("ir", "native", "raw")
 
 
-def _raw_launch(cl, ctx, queue, knl, launch) -> None:
-    """Plain pyopencl launch of a sample (same copies as kernbin's launcher)."""
-    import numpy as np
-    from .backends.base import LocalMemory
-    mf = cl.mem_flags
-    args, back = [], []
-    for a in launch.args:
-        if isinstance(a, np.ndarray):
-            buf = cl.Buffer(ctx, mf.READ_WRITE | mf.COPY_HOST_PTR, hostbuf=a)
-            args.append(buf)
-            back.append((a, buf))
-        elif isinstance(a, LocalMemory):
-            args.append(cl.LocalMemory(a.nbytes))
-        else:
-            args.append(a)
-    knl.set_args(*args)
-    cl.enqueue_nd_range_kernel(queue, knl, launch.global_size, launch.local_size)
-    for a, buf in back:
-        cl.enqueue_copy(queue, a, buf)
-    queue.finish()
-
-
 def worker(mode: str, sample_name: str, path: str, target: str) -> dict:
     """One measurement in this (fresh) process. ``path``: .spv, .knb or bare binary."""
+    import warnings
+
     import numpy as np
+
     import kernbin
     from .samples import SAMPLES
     sample = SAMPLES[sample_name]
@@ -64,25 +47,15 @@ def worker(mode: str, sample_name: str, path: str, target: str) -> dict:
     launch = sample.setup(np.random.default_rng())
     with open(path, "rb") as f:
         data = f.read()
-    import pyopencl as cl
-    from pyopencl import _cl
-    import warnings
     warnings.simplefilter("ignore")
     t0 = time.perf_counter()
     if mode == "native":
         module = kernbin.load(data, device, fallback=False)
-        module.kernel(sample.kernel).launch(launch.global_size, launch.local_size, *launch.args)
-    elif device.target.backend != "opencl":     # through the backend, without kernbin's checks
-        module = device.load_ir(kernbin.SpirvModule.from_bytes(data)) if mode == "ir" else device.load_binary(data)
-        module.kernel(sample.kernel).launch(launch.global_size, launch.local_size, *launch.args)
-    else:
-        ctx = device.context
-        if mode == "ir":
-            prg = _cl._create_program_with_il(ctx, data)
-        else:
-            prg = _cl._Program(ctx, [device.cl_device], [data])
-        prg.build(b"", [device.cl_device])
-        _raw_launch(cl, ctx, device.queue, cl.Kernel(prg, sample.kernel), launch)
+    elif mode == "ir":                            # through the backend: the runtime's own JIT
+        module = device.load_ir(kernbin.read_ir(data))
+    else:                                         # bare binary, none of kernbin's checks
+        module = device.load_binary(data)
+    module.kernel(sample.kernel).launch(launch.global_size, launch.local_size, *launch.args)
     seconds = time.perf_counter() - t0
     return {"mode": mode, "sample": sample_name, "seconds": seconds, "correct": launch.correct()}
 
@@ -148,7 +121,7 @@ def plot(report: dict, path: str) -> None:
     fig, ax = plt.subplots(figsize=(8, 4.5))
     w = 0.27
     for i, (key, label) in enumerate((("ir_s", "from IR (SPIR-V build)"), ("native_s", "kernbin native"),
-                                      ("raw_native_s", "raw pyopencl binary"))):
+                                      ("raw_native_s", "raw binary load"))):
         vals = [r[key] * 1e3 for r in rows]
         bars = ax.bar(x + (i - 1) * w, vals, w, label=label)
         ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=1)

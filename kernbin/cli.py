@@ -14,9 +14,11 @@ import sys
 EXIT_ERROR = 1
 EXIT_NOT_LOADABLE = 2
 
-_EPILOG = """targets: opencl:cpu (Intel CPU runtime, the default), opencl:gpu, opencl:N, ocloc:<device>
-(offline Intel GPU builds, e.g. ocloc:pvc, ocloc:acm-g10, ocloc:tgllp; see `kernbin devices`). Environment: KERNBIN_CACHE_DIR (cache directory), KERNBIN_CACHE_MAX_SIZE
-(e.g. 2G), KERNBIN_REMOTE (redis://host:port/db), KERNBIN_CACHE_HMAC_KEY (sign/verify remote entries)."""
+_EPILOG = """targets: opencl:cpu (Intel CPU runtime, the default), opencl:gpu, opencl:N, level-zero:N,
+ocloc:<device>[,<device>...] (offline Intel GPU builds, e.g. ocloc:pvc; several devices make one fat
+binary whose member is chosen at load); see `kernbin devices`.
+environment: KERNBIN_CACHE_DIR (cache directory), KERNBIN_CACHE_MAX_SIZE (e.g. 2G),
+KERNBIN_REMOTE (redis://host:port/db), KERNBIN_CACHE_HMAC_KEY (sign/verify remote entries)."""
 
 
 def _console(stderr=False):
@@ -39,14 +41,22 @@ def cmd_devices(args) -> int:
     if not devices:
         print("no devices found. For the CPU OpenCL runtime: pip install intel-opencl-rt intel-cmplr-lib-rt")
         return 0
-    from rich.table import Table
-    t = Table("target", "type", "name", "arch", "driver", "SPIR-V", "fingerprint", box=None)
+    t = _table("target", "type", "name", "arch", "driver", "IR")
     for d in devices:
         spirv = d.to_json().get("spirv", [])
         t.add_row(d.target, d.type, d.id.name, d.id.arch, d.id.driver_version,
-                  f"<={spirv[-1]}" if spirv else f"[red]{d.note}[/]", d.id.fingerprint[:8])
+                  f"SPIR-V <={spirv[-1]}" if spirv else f"[red]{d.note}[/]")
     _console().print(t)
     return 0
+
+
+def _table(*columns, title=None):
+    """A table whose cells wrap instead of being cut: identifiers stay whole at 80 columns and in logs."""
+    from rich.table import Table
+    t = Table(box=None, title=title, pad_edge=False)
+    for c in columns:
+        t.add_column(c, overflow="fold")
+    return t
 
 
 def cmd_build(args) -> int:
@@ -63,9 +73,8 @@ def cmd_build(args) -> int:
         outputs = {t: os.path.join(args.output, f"{stem}.{t.replace(':', '-')}.knb") for t in targets}
     kw = dict(grf=args.grf, spill_threshold=args.spill_threshold)
     if len(targets) == 1:
-        from kernbin.api import get_or_build_ex
         t = targets[0]
-        results = {t: get_or_build_ex(ir, t, args.options, **kw) if not args.no_cache
+        results = {t: kernbin.get_or_build_ex(ir, t, args.options, **kw) if not args.no_cache
                    else (kernbin.build(ir, t, args.options, **kw), False)}
     elif sys.stderr.isatty() and not args.json:
         from rich.progress import Progress
@@ -83,59 +92,21 @@ def cmd_build(args) -> int:
         info = native.info
         report.append({"output": outputs[t], "target": info.target, "sha256": native.sha256,
                        "bytes": len(native.binary), "kernels": list(native.kernel_names),
-                       "build_seconds": info.build_seconds, "cache_hit": hit, "options": info.options,
+                       "build_seconds": info.build_seconds, "cache_hit": hit, "flags": list(info.flags),
+                       "runs_on": info.requires.to_json(),
                        "spill_bytes": sum(int(k.attributes.get("spill_bytes", 0)) for k in info.kernels)})
         if not args.json:
             how = "from the cache" if hit else f"built in {info.build_seconds * 1e3:.1f} ms"
-            flags = f", options {info.options}" if info.options else ""
-            grf = info.extra.get("grf")
+            flags = f", flags {info.flags_text}" if info.flags else ""
+            grf = info.register_file
             if grf and len(grf.get("tried", [])) > 1:
                 tried = " vs ".join(f"{r['grf']} {r['spill_bytes']} B" for r in grf["tried"])
                 flags += f" (--grf auto: spills {tried})"
-            print(f"{outputs[t]}: {len(native.binary)} bytes of {info.binary_format} for "
-                  f"{info.device.describe()}, kernels {', '.join(native.kernel_names)} ({how}{flags})")
+            print(f"{outputs[t]}: {len(native.binary)} bytes of {info.binary_format}, runs on "
+                  f"{info.requires.describe()}; kernels {', '.join(native.kernel_names)} ({how}{flags})")
     if args.json:
         _print_json(report[0] if len(report) == 1 else report)
     return 0
-
-
-def _inspect_obj(path: str) -> dict:
-    import kernbin
-    from kernbin.formats import zebin
-    with open(path, "rb") as f:
-        data = f.read()
-    if data[:4] in (b"\x03\x02\x23\x07", b"\x07\x23\x02\x03"):
-        ir = kernbin.SpirvModule.from_bytes(data)
-        return {"file": path, "kind": "spirv", "bytes": len(data), "version": "%d.%d" % ir.version,
-                "sha256": ir.sha256, "kernels": [{"name": n} for n in ir.entry_points]}
-    if zebin.is_zebin(data):
-        z = zebin.parse_zebin(data)
-        return {"file": path, "kind": "zebin", "bytes": len(data), "notes": z.notes, "sections": z.sections,
-                "ir_embedded": z.has_ir, "kernels": [{"name": k.name, **k.attributes()} for k in z.kernels]}
-    if zebin.is_fat(data):
-        members = zebin.read_ar(data)
-        return {"file": path, "kind": "fat", "bytes": len(data),
-                "members": {n: len(b) for n, b in members.items() if not n.startswith("pad_")}, "kernels": []}
-    nb = kernbin.NativeBinary.from_bytes(data)
-    info = nb.info
-    out = {"file": path, "kind": "knb", "bytes": len(data), "target": info.target,
-           "binary_format": info.binary_format, "binary_bytes": len(nb.binary), "sha256": nb.sha256,
-           "device": info.device.to_json(), "device_fingerprint": info.device.fingerprint,
-           "options": info.options, "ir": {"kind": info.ir_kind, "sha256": info.ir_sha256,
-                                           "embedded": nb.ir is not None},
-           "tools": dict(info.tools), "build_seconds": info.build_seconds,
-           "kernels": [{"name": k.name, **k.attributes} for k in info.kernels]}
-    if info.extra:
-        out["extra"] = dict(info.extra)
-    if info.binary_format == "opencl-cpu-elf":
-        from kernbin.formats import opencl_elf
-        out["container"] = opencl_elf.describe(nb.binary)
-    elif info.binary_format == "zebin":
-        z = zebin.parse_zebin(nb.binary)
-        out["container"] = {"format": "zebin", "sections": z.sections, "notes": z.notes, "ir_embedded": z.has_ir}
-    if info.build_log:
-        out["build_log"] = info.build_log
-    return out
 
 
 _SHORT = {"max_work_group_size": "max wg", "preferred_work_group_size_multiple": "wg multiple",
@@ -146,43 +117,50 @@ _SHORT = {"max_work_group_size": "max wg", "preferred_work_group_size_multiple":
 
 
 def _kernel_table(console, kernels) -> None:
-    from rich.table import Table
     keys = sorted({k for kern in kernels for k in kern if k != "name"})
-    t = Table("kernel", *(_SHORT.get(k, k) for k in keys), box=None)
+    t = _table("kernel", *(_SHORT.get(k, k) for k in keys))
     for kern in kernels:
         t.add_row(kern["name"], *(str(kern.get(k, "")) for k in keys))
     console.print(t)
 
 
 def cmd_inspect(args) -> int:
-    obj = _inspect_obj(args.file)
+    import kernbin
+    obj = kernbin.describe_file(args.file)
     if args.json:
         _print_json(obj)
         return 0
     c = _console()
-    if obj["kind"] == "spirv":
-        c.print(f"[bold]{obj['file']}[/]: SPIR-V {obj['version']}, {obj['bytes']} bytes, sha256 {obj['sha256'][:16]}")
+    if obj["kind"] in ("spirv", "ptx"):
+        what = f"SPIR-V {obj['version']}" if obj["kind"] == "spirv" else f"PTX {obj['version']} for {obj['target']}"
+        c.print(f"[bold]{obj['file']}[/]: {what}, {obj['bytes']} bytes, sha256 {obj['sha256']}")
         c.print("kernels: " + ", ".join(k["name"] for k in obj["kernels"]))
         return 0
     if obj["kind"] == "fat":
         c.print(f"[bold]{obj['file']}[/]: ocloc fat binary, members: "
-                + ", ".join(f"{n} ({b} B)" for n, b in obj["members"].items()))
+                + ", ".join(f"{m['member']} (IP {m['ip_version']}, .ze_info {m['ze_info_version']})"
+                            for m in obj["members"]))
+        return 0
+    if obj["kind"] == "opencl-elf":
+        c.print(f"[bold]{obj['file']}[/]: Intel CPU OpenCL program binary, {obj['bytes']} bytes, sections "
+                + ", ".join(f"{k} {v}" for k, v in obj["container"]["sections"].items()))
         return 0
     if obj["kind"] == "zebin":
         c.print(f"[bold]{obj['file']}[/]: zebin, {obj['bytes']} bytes, notes {obj['notes']}, "
                 f"IR {'embedded' if obj['ir_embedded'] else 'not embedded'}")
         _kernel_table(c, obj["kernels"])
         return 0
-    d = obj["device"]
+    tc = obj["toolchain"]
     c.print(f"[bold]{obj['file']}[/]: {obj['binary_format']}, {obj['binary_bytes']} bytes "
-            f"(sha256 {obj['sha256'][:16]}), target {obj['target']}")
-    c.print(f"device: {d['name']} [{d['vendor']}] arch {d['arch']}, driver {d['driver_version']}, "
-            f"compiler {d['compiler_version']} (fingerprint {obj['device_fingerprint']})")
-    c.print(f"built from {obj['ir']['kind']} {obj['ir']['sha256'][:16]} "
-            f"({'embedded' if obj['ir']['embedded'] else 'not embedded'}) with options "
-            f"{obj['options'] or '(none)'} in {obj['build_seconds'] * 1e3:.1f} ms")
+            f"(sha256 {obj['sha256']}), target {obj['target']}")
+    c.print(f"runs on: {obj['runs_on']}")
+    c.print(f"built by: {tc['backend']}, {tc['compiler']}" + (f", driver {tc['driver']}" if tc["driver"] else "")
+            + f", on {obj['built_on']}")
+    c.print(f"built from {obj['ir']['kind']} {obj['ir']['sha256']} "
+            f"({'embedded' if obj['ir']['embedded'] else 'not embedded'}) with flags "
+            f"{' '.join(obj['flags']) or '(none)'} in {obj['build_seconds'] * 1e3:.1f} ms")
     _kernel_table(c, obj["kernels"])
-    grf = obj.get("extra", {}).get("grf")
+    grf = obj.get("register_file")
     if grf:
         tried = "; ".join(f"{r['grf']}: {r['spill_bytes']} B spilled, scratch {r['scratch_size']} B"
                           + (" (chosen)" if r.get("chosen") else "") for r in grf["tried"])
@@ -199,16 +177,18 @@ def cmd_check(args) -> int:
     if args.json:
         _print_json(res)
     elif res["ok"]:
-        print(f"ok: {args.file} loads natively on {res['device']}; kernels: "
+        member = f" (fat-binary member {res['member']})" if res.get("member") else ""
+        print(f"ok: {args.file} loads natively on {res['device']}{member}; kernels: "
               + ", ".join(k["name"] for k in res["kernels"]))
     else:
-        print(f"not loadable: {res['reason']}")
+        who = "kernbin refused it before the driver saw it" if res["verdict"] == "gate" else "the driver refused it"
+        print(f"not loadable ({who}): {res['reason']}")
     return 0 if res["ok"] else EXIT_NOT_LOADABLE
 
 
 def _cache():
-    from kernbin.cache import Cache
-    return Cache.from_env()
+    import kernbin
+    return kernbin.default_cache()
 
 
 def cmd_cache_stats(args) -> int:
@@ -217,8 +197,7 @@ def cmd_cache_stats(args) -> int:
     if args.json:
         _print_json(st)
         return 0
-    from rich.table import Table
-    t = Table("counter", "value", box=None, title=f"kernbin cache at {cache.local.root}")
+    t = _table("counter", "value", title=f"kernbin cache at {cache.local.root}")
     for k, v in st.items():
         if k == "bytes" or (k == "max_size" and v):
             v = f"{v} ({_human(v)})"
@@ -246,7 +225,7 @@ def cmd_cache_ls(args) -> int:
             row["valid"] = native is not None
             if native is not None:
                 row.update(target=native.info.target, kernels=list(native.kernel_names),
-                           device=native.info.device.name)
+                           device=native.info.built_on)
         rows.append(row)
     if args.json:
         _print_json(rows)
@@ -256,7 +235,7 @@ def cmd_cache_ls(args) -> int:
         extra = ""
         if args.verify:
             extra = f"  {r.get('target', '')} {','.join(r.get('kernels', []))}" if r["valid"] else "  CORRUPT (removed)"
-        print(f"{r['key'][:16]}  {_human(r['size']):>10}  {when}{extra}")
+        print(f"{r['key']}  {_human(r['size']):>10}  {when}{extra}")
     if not rows:
         print("(empty)")
     return 0
@@ -303,17 +282,16 @@ def cmd_bench(args) -> int:
         out["kernels"] = [{k: v for k, v in r.items() if k != "runs"} for r in report["kernels"]]
         _print_json(out)
     else:
-        from rich.table import Table
-        t = Table("kernel", "from IR (ms)", "native (ms)", "raw binary (ms)", "IR/native", "native/raw",
-                  "correct", box=None, title=f"{report['target']}: {report['device']}, "
-                  f"median of {report['repeat']} fresh processes")
+        t = _table("kernel", "from IR (ms)", "native (ms)", "raw binary (ms)", "IR/native", "native/raw",
+                   "correct", title=f"{report['target']}: {report['device']}, "
+                   f"median of {report['repeat']} fresh processes")
         for r in report["kernels"]:
             t.add_row(r["name"], f"{r['ir_s'] * 1e3:.2f}", f"{r['native_s'] * 1e3:.2f}",
                       f"{r['raw_native_s'] * 1e3:.2f}", f"{r['ratio']:.1f}x", f"{r['overhead']:.2f}x",
                       "yes" if r["correct"] else "[red]NO[/]")
         c = _console()
         c.print(t)
-        raw = "raw pyopencl binary load" if report["target"].startswith("opencl") else "raw binary load"
+        raw = "raw binary load"
         c.print(f"aggregate IR/native: [bold]{report['ratio']:.1f}x[/]; kernbin native vs {raw}: "
                 f"{report['native_over_raw']:.2f}x")
         if args.plot:
@@ -336,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=cmd_devices)
 
-    s = sub.add_parser("build", help="build SPIR-V into a native binary (.knb)",
+    s = sub.add_parser("build", help="build IR into a native binary (.knb)",
                        description="Build SPIR-V into a native device binary and write it as a .knb file "
                                    "(device binary + build info + checksums + the IR, for fallback).")
     s.add_argument("input", help="SPIR-V file (.spv)")
@@ -357,14 +335,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=cmd_build)
 
-    s = sub.add_parser("inspect", help="show what is inside a .knb or .spv file, per kernel")
+    s = sub.add_parser("inspect", help="show what is inside a .knb, SPIR-V, PTX, zebin or fat-binary file")
     s.add_argument("file")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=cmd_inspect)
 
     s = sub.add_parser("check", help="verify a .knb and load it natively on a device",
-                       description="Verify integrity and compatibility, load natively (no fallback), list "
-                                   "kernels. Exit 0 when it loads natively, 2 with a one-line reason otherwise.")
+                       description="Verify integrity and requirements, load natively (no fallback), create "
+                                   "every kernel. Exit 0 when it loads natively, 2 with a one-line reason "
+                                   "otherwise. --json gives \"verdict\": native | gate (kernbin refused it "
+                                   "before the driver saw it) | driver (the driver refused it), and \"reason\".")
     s.add_argument("file")
     s.add_argument("--target", "-t", default="opencl:cpu")
     s.add_argument("--json", action="store_true", help="machine-readable output")
@@ -392,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("bench", help="time to first result: build from IR vs load the native binary",
                        description="For each sample kernel, each repetition in a fresh process: time from "
                                    "handing the bytes to the runtime to the first correct result, from IR, "
-                                   "from kernbin's native binary, and from the bare binary via raw pyopencl.")
+                                   "from kernbin's native binary, and from the bare binary with none of kernbin's checks.")
     s.add_argument("--target", "-t", default="opencl:cpu")
     s.add_argument("--repeat", "-n", type=int, default=5, help="fresh processes per kernel and path (default 5)")
     s.add_argument("--kernels", help="comma-separated subset of the sample kernels")

@@ -1,74 +1,148 @@
-"""Device identity and the rule deciding whether a native binary fits a device.
+"""Two questions about a native binary, never mixed: who built it, and what it runs on.
 
-A native binary is machine code for one device architecture made by one
-compiler. :class:`DeviceId` records what determines that code; the
-compatibility rule (:meth:`DeviceId.compatible_with`) is deliberately strict:
+:class:`Toolchain` ("built by"): the backend, the code generator and its version, the
+driver that compiled it (when a driver did). It is part of the cache key: a different
+compiler is a different entry. It never decides whether bytes may be loaded.
 
-- ``backend``, ``vendor`` and ``arch`` must match: the code is for that ISA;
-- ``name`` must match: the same arch string can hide different feature sets
-  (CPU models with and without AVX-512 share ``x86_64``); the name pins it;
-- ``driver_version`` and ``compiler_version`` must match: a runtime only
-  promises to read binaries its own version produced (the Level Zero spec
-  promises native binaries only within one driver), and a different compiler
-  would have produced different code.
+:class:`Requirements` ("runs on"): what a device must be for the bytes to run -- an
+Intel GPU's IP version and the zebin format version its runtime decodes, the CPU OpenCL
+runtime's own identity, later an NVIDIA SM. Each backend answers
+``can_run(info, device) -> (ok, reason)`` from these alone; that is the load gate.
+So a zebin built offline by ``ocloc:pvc`` runs on a Level Zero PVC, and a driver update
+does not by itself throw a valid binary away.
 
-When any field differs the binary is not used; kernbin rebuilds from the IR.
+:class:`DeviceId` describes a live (or offline) device: what ``kernbin devices`` lists and
+what a gate compares requirements against (``facts`` holds the backend-specific ones,
+e.g. ``ip_version``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, field
+from typing import Mapping
 
-__all__ = ["DeviceId", "COMPAT_FIELDS"]
+__all__ = ["DeviceId", "Toolchain", "Requirements", "ip_version_text"]
 
-#: The fields that must be equal for a native binary to be loaded, in order.
-COMPAT_FIELDS = ("backend", "vendor", "arch", "name", "driver_version", "compiler_version")
+
+def _canon(obj) -> str:
+    return json.dumps(obj, separators=(",", ":"), sort_keys=True, ensure_ascii=True)
+
+
+def _json_value(v, what: str, depth: int = 0):
+    """Check that ``v`` is plain JSON data of bounded depth (no floats needed, no NaN)."""
+    if depth > 8:
+        raise ValueError(f"{what} is nested too deeply")
+    if v is None or isinstance(v, (str, bool, int)):
+        return v
+    if isinstance(v, list):
+        return [_json_value(x, what, depth + 1) for x in v]
+    if isinstance(v, dict):
+        if not all(isinstance(k, str) for k in v):
+            raise ValueError(f"{what} keys must be strings")
+        return {k: _json_value(x, what, depth + 1) for k, x in v.items()}
+    raise ValueError(f"{what} holds a {type(v).__name__}, not JSON data")
+
+
+def ip_version_text(value: int) -> str:
+    """Level Zero / OpenCL Intel IP version (``ze_device_ip_version_ext_t``) as ``major.minor.revision``:
+    ``0x030f0007`` -> ``"12.60.7"`` (the spelling ``ocloc ids`` prints)."""
+    return f"{value >> 22}.{(value >> 14) & 0xFF}.{value & 0x3FFF}"
 
 
 @dataclass(frozen=True)
 class DeviceId:
+    """A device as kernbin sees it. ``facts`` carries what gates compare (``ip_version``, ...)."""
     backend: str                 # "opencl", "level-zero", "ocloc", "cuda"
     vendor: str
     name: str
     arch: str
     driver_version: str
-    compiler_version: str        # runtime or offline-compiler version that made the code
+    compiler_version: str        # runtime or offline-compiler version that makes its code
+    facts: Mapping[str, object] = field(default_factory=dict)
 
     def to_json(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, obj: dict) -> "DeviceId":
-        if not isinstance(obj, dict):
-            raise ValueError("device must be a JSON object")
-        names = {f.name for f in fields(cls)}
-        missing = names - obj.keys()
-        if missing:
-            raise ValueError(f"device is missing {sorted(missing)}")
-        for k in names:
-            if not isinstance(obj[k], str):
-                raise ValueError(f"device field {k!r} must be a string")
-        return cls(**{k: obj[k] for k in names})
+        return {"backend": self.backend, "vendor": self.vendor, "name": self.name, "arch": self.arch,
+                "driver_version": self.driver_version, "compiler_version": self.compiler_version,
+                "facts": dict(self.facts)}
 
     @property
     def fingerprint(self) -> str:
-        """Stable 16-hex-digit hash of the fields the compatibility rule compares."""
-        canon = json.dumps([getattr(self, f) for f in COMPAT_FIELDS], separators=(",", ":"))
-        return hashlib.sha256(canon.encode()).hexdigest()[:16]
-
-    def mismatches(self, other: "DeviceId") -> list[str]:
-        """Fields (in :data:`COMPAT_FIELDS` order) where ``other`` differs from this one."""
-        return [f for f in COMPAT_FIELDS if getattr(self, f) != getattr(other, f)]
-
-    def compatible_with(self, other: "DeviceId") -> tuple[bool, str]:
-        """Whether a binary built for ``self`` may run on ``other``, and if not, why."""
-        diff = self.mismatches(other)
-        if not diff:
-            return True, ""
-        reason = "; ".join(f"{f} {getattr(self, f)!r} != {getattr(other, f)!r}" for f in diff)
-        return False, f"built for {self.describe()}, this device differs in {reason}"
+        """Stable 16-hex-digit hash of everything that identifies this device."""
+        return hashlib.sha256(_canon(self.to_json()).encode()).hexdigest()[:16]
 
     def describe(self) -> str:
         return f"{self.backend} {self.name} ({self.arch}, driver {self.driver_version})"
+
+
+@dataclass(frozen=True)
+class Toolchain:
+    """Who built a binary: ``backend``, ``compiler`` (code generator and version), ``driver``
+    (the driver version when a driver compiled it, else "") and ``versions`` of every tool
+    involved (recorded, not keyed: kernbin's own version does not change the bytes)."""
+    backend: str
+    compiler: str
+    driver: str = ""
+    versions: Mapping[str, str] = field(default_factory=dict)
+
+    def key(self) -> str:
+        return _canon([self.backend, self.compiler, self.driver])
+
+    def to_json(self) -> dict:
+        return {"backend": self.backend, "compiler": self.compiler, "driver": self.driver,
+                "versions": dict(self.versions)}
+
+    @classmethod
+    def from_json(cls, obj) -> "Toolchain":
+        if not isinstance(obj, dict):
+            raise ValueError("toolchain must be an object")
+        for k in ("backend", "compiler", "driver"):
+            if not isinstance(obj.get(k), str):
+                raise ValueError(f"toolchain field {k!r} must be a string")
+        versions = obj.get("versions", {})
+        if not isinstance(versions, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                     for k, v in versions.items()):
+            raise ValueError("toolchain versions must map names to strings")
+        return cls(obj["backend"], obj["compiler"], obj["driver"], dict(versions))
+
+    def describe(self) -> str:
+        return f"{self.backend} ({self.compiler}" + (f", driver {self.driver})" if self.driver else ")")
+
+
+@dataclass(frozen=True)
+class Requirements:
+    """What a device must be for a binary to run. ``kind`` names the rule family; ``values``
+    its parameters (plain JSON data):
+
+    ``intel-gpu``           ``ip_version`` ("12.60.7"), ``ze_info_version`` ("1.8"), ``device`` (a name)
+    ``intel-gpu-fat``       ``members``: a list of ``intel-gpu`` value sets, each with its ``member`` name
+    ``opencl-runtime``      ``platform``, ``device``, ``arch``, ``driver``, ``runtime``: that exact runtime
+    ``level-zero-driver``   ``driver_version``, ``driver_uuid``, ``device``, ``ip_version``: that exact driver
+    """
+    kind: str
+    values: Mapping[str, object] = field(default_factory=dict)
+
+    def key(self) -> str:
+        return _canon([self.kind, dict(self.values)])
+
+    def get(self, name: str, default=None):
+        return self.values.get(name, default)
+
+    def to_json(self) -> dict:
+        return {"kind": self.kind, **{k: v for k, v in self.values.items()}}
+
+    @classmethod
+    def from_json(cls, obj) -> "Requirements":
+        if not isinstance(obj, dict) or not isinstance(obj.get("kind"), str):
+            raise ValueError("requirements must be an object with a string 'kind'")
+        values = {k: _json_value(v, "requirements") for k, v in obj.items() if k != "kind"}
+        return cls(obj["kind"], values)
+
+    def describe(self) -> str:
+        if self.kind == "intel-gpu":
+            return f"Intel GPU IP {self.get('ip_version')} ({self.get('device', '?')}), .ze_info {self.get('ze_info_version', '?')}"
+        if self.kind == "intel-gpu-fat":
+            return "one of: " + ", ".join(f"{m.get('device', '?')} (IP {m.get('ip_version')})"
+                                          for m in self.get("members", []) if isinstance(m, dict))
+        return f"{self.kind} " + ", ".join(f"{k}={v}" for k, v in self.values.items())

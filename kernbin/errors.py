@@ -12,6 +12,9 @@ __all__ = [
     "InvalidBinary",
     "IncompatibleBinary",
     "TargetError",
+    "OptionsError",
+    "KernelNotFound",
+    "OfflineTarget",
     "RuntimeNotFound",
     "RuntimeAPIError",
     "BuildError",
@@ -38,29 +41,72 @@ class InvalidIR(KernbinError):
 class InvalidBinary(KernbinError):
     """A native-binary container (``.knb``) or device binary is malformed or fails its checksum.
 
-    When the container's header and its embedded IR section were still intact,
-    ``build_info`` and ``ir`` hold them so that a caller can rebuild from the IR.
+    ``rule`` names the rule that failed (a short stable identifier such as ``"magic"`` or
+    ``"section-digest"``; ``"device-binary"`` for the bytes inside). When the container's
+    header and its embedded IR section were still intact, ``build_info`` and ``ir`` hold
+    them so that a caller can rebuild from the IR.
     """
 
-    def __init__(self, reason: str, *, build_info=None, ir=None):
+    def __init__(self, reason: str, *, rule: str = "invalid", build_info=None, ir=None):
         self.reason = reason
+        self.rule = rule
         self.build_info = build_info
         self.ir = ir
         super().__init__(f"invalid native binary: {reason}")
 
 
 class IncompatibleBinary(KernbinError):
-    """A well-formed native binary that was not built for this device."""
+    """A well-formed native binary whose requirements this device does not meet.
 
-    def __init__(self, reason: str, built_for=None, device=None):
+    ``rule`` names the requirement that failed (``"ip-version"``, ``"zebin-version"``,
+    ``"backend"``, ``"driver"``, ...); ``requires`` is what the binary needs, ``device``
+    the device's identity."""
+
+    def __init__(self, reason: str, *, rule: str = "incompatible", requires=None, device=None):
         self.reason = reason
-        self.built_for = built_for
+        self.rule = rule
+        self.requires = requires
         self.device = device
         super().__init__(f"native binary does not fit this device: {reason}")
 
 
 class TargetError(KernbinError):
-    """A target string that kernbin cannot parse or no backend serves."""
+    """A target string that kernbin cannot parse or no backend serves. ``target`` is the text."""
+
+    def __init__(self, message: str, target: str | None = None):
+        self.target = target
+        super().__init__(message)
+
+
+class OptionsError(KernbinError):
+    """Build options that are malformed or that a backend cannot honour. ``field`` names the
+    option (``"flags"``, ``"register_file"``, ``"spill_threshold"``); ``backend`` is set when
+    the problem is that backend's."""
+
+    def __init__(self, field: str, reason: str, backend: str | None = None):
+        self.field = field
+        self.reason = reason
+        self.backend = backend
+        super().__init__(reason if backend is None else f"{backend}: {reason}")
+
+
+class KernelNotFound(KernbinError):
+    """A kernel name that the module does not define. ``available`` lists those it does."""
+
+    def __init__(self, name: str, available=()):
+        self.name = name
+        self.available = tuple(available)
+        super().__init__(f"no kernel {name!r} in module (kernels: {', '.join(self.available) or 'none'})")
+
+
+class OfflineTarget(KernbinError):
+    """An offline target (``ocloc:<device>``, ``cuda:sm_XY``) was asked to load or run code:
+    it only builds. ``target`` names it."""
+
+    def __init__(self, target: str, hint: str = ""):
+        self.target = target
+        super().__init__(f"{target} is an offline target: it builds binaries but cannot load them"
+                         + (f"; {hint}" if hint else ""))
 
 
 class RuntimeNotFound(KernbinError):

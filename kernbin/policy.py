@@ -18,94 +18,80 @@ rule Triton's XPU backend applies (any "spilled" in the log), and kernbin runs i
 of time, where a second build costs well under a second and a spill costs every launch;
 unlike Triton, the retry only wins when it actually spills less.
 
-A flag is spelled once: options that already carry a register-file flag are refused
-when a mode other than ``default`` is asked for. The effective options (with the flag)
-are recorded in ``BuildInfo.options``, so any later rebuild from IR uses the same flags;
-the request (``extra["requested_options"]``, ``extra["policy"]``) keys the cache.
+Flag spellings belong to the backend (``Backend.register_file_flags`` for the flags it adds,
+``Backend.register_file_spellings`` for every spelling that sets the register file there,
+``=value`` forms included): the policy asks for them and never spells a flag itself. A flag
+is given once: flags that already set the register file are refused when a mode other than
+``default`` is asked for. The flags the compiler received are recorded in ``BuildInfo.flags``
+(a rebuild from the IR uses exactly those); the request, :class:`~kernbin.options.BuildOptions`,
+is in ``BuildInfo.options`` and keys the cache; the attempts are in ``BuildInfo.register_file``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Callable, Mapping
 
 from .artifact import NativeBinary
-from .errors import KernbinError
+from .errors import OptionsError
+from .options import DEFAULT_SPILL_THRESHOLD, REGISTER_FILE_MODES, BuildOptions
 
-__all__ = ["GRF_MODES", "GrfPolicy", "DEFAULT_SPILL_THRESHOLD", "spill_bytes", "build_with_policy"]
-
-GRF_MODES = ("default", "small", "large", "auto")
-DEFAULT_SPILL_THRESHOLD = 0
-#: every spelling of a register-file flag kernbin knows, to refuse doubled flags
-_ALL_GRF_FLAGS = ("-cl-intel-128-GRF-per-thread", "-cl-intel-256-GRF-per-thread",
-                  "-cl-intel-enable-auto-large-GRF-mode", "-ze-opt-large-register-file",
-                  "-ze-opt-small-register-file", "-ze-exp-register-file-size", "-ze-opt-auto-register-file")
-
-
-@dataclass(frozen=True)
-class GrfPolicy:
-    mode: str = "default"
-    spill_threshold: int = DEFAULT_SPILL_THRESHOLD
-
-    def __post_init__(self):
-        if self.mode not in GRF_MODES:
-            raise KernbinError(f"bad register-file mode {self.mode!r} (use one of {', '.join(GRF_MODES)})")
-        if not isinstance(self.spill_threshold, int) or self.spill_threshold < 0:
-            raise KernbinError(f"spill threshold must be a non-negative number of bytes, not {self.spill_threshold!r}")
-
-    def key(self) -> str:
-        """What the cache key records ("" for the default mode)."""
-        if self.mode == "default":
-            return ""
-        if self.mode == "auto":
-            return f"grf=auto;spill_threshold={self.spill_threshold}"
-        return f"grf={self.mode}"
+__all__ = ["REGISTER_FILE_MODES", "DEFAULT_SPILL_THRESHOLD", "spill_bytes", "build_with_policy",
+           "register_file_flags_in"]
 
 
 def spill_bytes(native: NativeBinary) -> int:
     return sum(int(k.attributes.get("spill_bytes", 0)) for k in native.info.kernels)
 
 
-def _with_flag(options: str, flag: str) -> str:
-    return f"{options} {flag}".strip()
+def register_file_flags_in(flags, spellings) -> list[str]:
+    """The flags among ``flags`` that set the register file, by name (``-x=128`` is ``-x``)."""
+    names = set(spellings)
+    return [f for f in flags if f.split("=", 1)[0] in names]
 
 
-def _annotate(native: NativeBinary, policy: GrfPolicy, requested: str, tried: list) -> NativeBinary:
-    if policy.mode == "default":
-        return native
-    extra = dict(native.info.extra)
-    extra.update(policy=policy.key(), requested_options=requested,
-                 grf={"mode": policy.mode, "spill_threshold": policy.spill_threshold, "tried": tried})
-    return replace(native, info=replace(native.info, extra=extra))
+def _annotate(native: NativeBinary, options: BuildOptions, tried: list) -> NativeBinary:
+    record = {"mode": options.register_file, "spill_threshold": options.spill_threshold, "tried": tried}
+    return replace(native, info=replace(native.info, options=options, register_file=record))
 
 
-def build_with_policy(build: Callable[[str], NativeBinary], options: str, policy: GrfPolicy,
-                      flags: Mapping[str, str] | None, what: str = "this target") -> NativeBinary:
-    """Build through ``build(options)`` under ``policy``. ``flags`` maps ``small``/``large`` to the
-    backend's spelling; None when the backend has no register-file modes."""
-    if policy.mode == "default":
-        return build(options)
+def build_with_policy(build: Callable[[tuple], NativeBinary], options: BuildOptions,
+                      flags: Mapping[str, str] | None, spellings=(), what: str = "this target") -> NativeBinary:
+    """Build through ``build(flags)`` under ``options.register_file``. ``flags`` maps ``small`` /
+    ``large`` to the backend's spelling (None or empty when it has no register-file modes);
+    ``spellings`` is every flag name that sets the register file on that backend."""
+    mode = options.register_file
+    if mode == "default":
+        return replace_options(build(options.flags), options)
     if not flags:
-        raise KernbinError(f"--grf {policy.mode}: {what} has no register-file modes (use --grf default)")
-    doubled = [f for f in _ALL_GRF_FLAGS if f in options.split()]
+        raise OptionsError("register_file", f"--grf {mode}: {what} has no register-file modes (use --grf default)")
+    doubled = register_file_flags_in(options.flags, set(spellings) | set(v.split("=", 1)[0] for v in flags.values()))
     if doubled:
-        raise KernbinError(f"options already carry a register-file flag ({' '.join(doubled)}); "
-                           f"choose the register file with --grf only")
+        raise OptionsError("flags", f"options already set the register file ({' '.join(doubled)}); "
+                                    f"choose it with --grf only")
 
-    def attempt(mode: str) -> tuple[NativeBinary, dict]:
-        opts = options if mode == "default" else _with_flag(options, flags[mode])
-        nb = build(opts)
+    def attempt(m: str) -> tuple[NativeBinary, dict]:
+        fl = options.flags if m == "default" else options.flags + (flags[m],)
+        nb = build(fl)
         scratch = sum(int(k.attributes.get("scratch_size", 0)) for k in nb.info.kernels)
-        return nb, {"grf": mode, "options": opts, "spill_bytes": spill_bytes(nb), "scratch_size": scratch}
+        return nb, {"grf": m, "flags": list(fl), "spill_bytes": spill_bytes(nb), "scratch_size": scratch}
 
-    if policy.mode in ("small", "large"):
-        nb, rec = attempt(policy.mode)
-        return _annotate(nb, policy, options, [rec])
+    if mode in ("small", "large"):
+        nb, rec = attempt(mode)
+        rec["chosen"] = True
+        return _annotate(nb, options, [rec])
     first, rec1 = attempt("default")
-    if rec1["spill_bytes"] <= policy.spill_threshold:
+    if rec1["spill_bytes"] <= options.spill_threshold:
         rec1["chosen"] = True
-        return _annotate(first, policy, options, [rec1])
+        return _annotate(first, options, [rec1])
     second, rec2 = attempt("large")
     winner = second if rec2["spill_bytes"] < rec1["spill_bytes"] else first
     (rec2 if winner is second else rec1)["chosen"] = True
-    return _annotate(winner, policy, options, [rec1, rec2])
+    return _annotate(winner, options, [rec1, rec2])
+
+
+def replace_options(native: NativeBinary, options: BuildOptions) -> NativeBinary:
+    """The binary with ``options`` recorded as the request (backends record flags only)."""
+    if native.info.options == options:
+        return native
+    return replace(native, info=replace(native.info, options=options))

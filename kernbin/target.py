@@ -1,4 +1,9 @@
-"""Target spelling: ``opencl:cpu``, ``opencl:N``, ``level-zero:N``, ``ocloc:<device>``, ``cuda:N``."""
+"""Target spelling, canonicalised once, on entry: ``BACKEND:SELECTOR``.
+
+Backends and their selector rules come from the registry (:mod:`kernbin.backends`);
+spellings are lower-cased and aliases resolved (``level_zero:0``, ``ze:0`` ->
+``level-zero:0``), so one device has one target string everywhere (cache keys, reports).
+"""
 
 from __future__ import annotations
 
@@ -6,10 +11,11 @@ from dataclasses import dataclass
 
 from .errors import TargetError
 
-__all__ = ["Target", "parse_target", "BACKENDS"]
+__all__ = ["Target", "parse_target"]
 
-#: Backends kernbin knows by name; which of them are implemented is in ``kernbin.backends``.
-BACKENDS = ("opencl", "level-zero", "ocloc", "cuda")
+_ALIASES = {"level_zero": "level-zero", "levelzero": "level-zero", "ze": "level-zero", "l0": "level-zero",
+            "cl": "opencl"}
+_MAX = 256
 
 
 @dataclass(frozen=True)
@@ -22,18 +28,23 @@ class Target:
 
 
 def parse_target(spec: "str | Target") -> Target:
+    """A canonical :class:`Target`; :class:`TargetError` (with ``target``) for anything else."""
     if isinstance(spec, Target):
         return spec
-    if not isinstance(spec, str) or ":" not in spec:
-        raise TargetError(f"bad target {spec!r}: expected BACKEND:DEVICE, e.g. opencl:cpu, opencl:0, "
-                          f"level-zero:0, ocloc:pvc, cuda:0")
+    from .backends import REGISTRY, check_selector
+    if not isinstance(spec, str) or ":" not in spec or len(spec) > _MAX:
+        raise TargetError(f"bad target {spec!r}: expected BACKEND:DEVICE, e.g. "
+                          + ", ".join(e.spelling.split(",")[0].split(" ")[0] for e in REGISTRY.values()),
+                          spec if isinstance(spec, str) else None)
     backend, _, selector = spec.partition(":")
     backend = backend.strip().lower()
-    selector = selector.strip()
-    if backend not in BACKENDS:
-        raise TargetError(f"bad target {spec!r}: unknown backend {backend!r} (known: {', '.join(BACKENDS)})")
+    backend = _ALIASES.get(backend, backend)
+    selector = selector.strip().lower()
+    if backend not in REGISTRY:
+        raise TargetError(f"bad target {spec!r}: unknown backend {backend!r} (known: {', '.join(REGISTRY)})", spec)
     if not selector:
-        raise TargetError(f"bad target {spec!r}: no device after ':'")
-    if backend in ("level-zero", "cuda") and not selector.isdigit():
-        raise TargetError(f"bad target {spec!r}: {backend} devices are numbered, e.g. {backend}:0")
+        raise TargetError(f"bad target {spec!r}: no device after ':'", spec)
+    check_selector(backend, selector, spec)
+    if selector.isdigit():
+        selector = str(int(selector))
     return Target(backend, selector)

@@ -1,32 +1,41 @@
-"""The .knb container: one byte-string test per rule of docs/knb-format.md."""
+"""The .knb file: one byte-string test per rule of docs/knb-format.md (the layout's own rules are
+tested in test_container.py; these are the rules .knb adds on top)."""
+import dataclasses
 import hashlib
 import json
+import os
 import struct
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from kernbin import BuildInfo, DeviceId, InvalidBinary, KernelInfo, NativeBinary, SpirvModule
-from kernbin.artifact import KNB_MAGIC, MAX_HEADER
+from kernbin import (BuildInfo, BuildOptions, InvalidBinary, KernelInfo, NativeBinary, PtxModule, Requirements,
+                     SpirvModule, Toolchain)
+from kernbin import container
+from kernbin.artifact import KNB_MAGIC, KNB_VERSION
 from kernbin.samples import SAMPLES
 
+from conftest import HERE
+
 IR = SpirvModule.from_file(SAMPLES["vadd"].spv)
-DEV = DeviceId("opencl", "Vendor", "Dev", "x86-64-v3", "1.0", "OpenCL 3.0")
-INFO = BuildInfo(target="opencl:cpu", device=DEV, ir_kind="spirv", ir_sha256=IR.sha256, options="-O2",
+PTX = PtxModule.from_file(os.path.join(HERE, "data", "ptx", "triton_add_sm90.ptx"))
+INFO = BuildInfo(target="opencl:cpu", toolchain=Toolchain("opencl", "Vendor OpenCL 3.0", "1.0", {"kernbin": "t"}),
+                 requires=Requirements("opencl-runtime", {"device": "Dev", "driver": "1.0"}), ir_kind="spirv",
+                 ir_sha256=IR.sha256, options=BuildOptions.of("-O2"), flags=("-O2",),
                  binary_format="opencl-cpu-elf", kernels=(KernelInfo("vadd", {"private_mem_size": 0}),),
-                 tools={"kernbin": "test"}, build_log="ok", build_seconds=0.5)
+                 build_log="ok", build_seconds=0.5)
 NB = NativeBinary(binary=b"\x7fELF" + bytes(range(256)) * 4, info=INFO, ir=IR)
 DATA = NB.to_bytes()
 
 
-def _repack(header: dict, payload: bytes, *, version=1, magic=KNB_MAGIC) -> bytes:
-    h = json.dumps(header).encode()
-    return struct.pack("<8sII32s", magic, version, len(h), hashlib.sha256(h).digest()) + h + payload
+def _pack(meta: dict, sections, version=KNB_VERSION) -> bytes:
+    return container.pack(KNB_MAGIC, version, meta, sections)
 
 
-def _split(data=DATA):
-    hlen = struct.unpack_from("<I", data, 12)[0]
-    return json.loads(data[48:48 + hlen]), data[48 + hlen:]
+def _rule(data: bytes) -> str:
+    with pytest.raises(InvalidBinary) as e:
+        NativeBinary.from_bytes(data)
+    return e.value.rule
 
 
 def test_round_trip():
@@ -37,109 +46,95 @@ def test_round_trip():
     assert NativeBinary.from_bytes(NB.without_ir().to_bytes()).ir is None
 
 
+def test_a_knb_carries_ptx_decoded_by_its_recorded_kind():
+    info = dataclasses.replace(INFO, ir_kind="ptx", ir_sha256=PTX.sha256, target="cuda:sm_90a", binary_format="cubin")
+    nb = NativeBinary(binary=b"\x7fELF-cubin", info=info, ir=PTX)
+    again = NativeBinary.from_bytes(nb.to_bytes())
+    assert again.ir == PTX and again.ir.kind == "ptx" and again.ir.target == "sm_90a"
+    # a SPIR-V section recorded as PTX is refused, not guessed at
+    wrong = NativeBinary(binary=b"x", info=dataclasses.replace(info, ir_sha256=IR.sha256), ir=IR)
+    assert _rule(wrong.to_bytes()) == "ir"
+
+
 def test_save_is_atomic_and_reloads(tmp_path):
     p = tmp_path / "x.knb"
     NB.save(p)
     assert NativeBinary.from_file(p) == NB
     assert [f.name for f in tmp_path.iterdir()] == ["x.knb"]   # no temp file left behind
+    with open(p, "rb") as f:
+        assert NativeBinary.read_from(f) == NB
 
 
-def test_too_short():
-    with pytest.raises(InvalidBinary, match="too short"):
-        NativeBinary.from_bytes(DATA[:47])
+def test_files_from_the_previous_format_get_a_clear_error():
+    h = json.dumps({"kernbin_format": 1}).encode()
+    old = struct.pack("<8sII32s", KNB_MAGIC, 1, len(h), hashlib.sha256(h).digest()) + h
+    with pytest.raises(InvalidBinary) as e:
+        NativeBinary.from_bytes(old)
+    assert e.value.rule == "version" and "rebuild" in e.value.reason
 
 
-def test_bad_magic():
-    with pytest.raises(InvalidBinary, match="bad magic"):
-        NativeBinary.from_bytes(b"\x89KNX" + DATA[4:])
+def test_fifo_and_directory_are_refused_without_blocking(tmp_path):
+    from kernbin._fs import FileRefused
+    fifo = tmp_path / "f.knb"
+    os.mkfifo(fifo)
+    for path in (fifo, tmp_path):
+        with pytest.raises(FileRefused) as e:
+            NativeBinary.from_file(path)
+        assert e.value.rule == "not-regular"
 
 
-def test_unknown_version():
-    header, payload = _split()
-    with pytest.raises(InvalidBinary, match="version 2"):
-        NativeBinary.from_bytes(_repack(header, payload, version=2))
+@pytest.mark.parametrize("sections", [[("ir", IR.data)], [("native", b"x"), ("evil", b"")],
+                                      [("native", b"x"), ("ir", IR.data), ("ir2", b"")]])
+def test_section_names(sections):
+    assert _rule(_pack({"build": INFO.to_json()}, sections)) == "sections"
 
 
-def test_header_length_cap():
-    data = bytearray(DATA)
-    struct.pack_into("<I", data, 12, MAX_HEADER + 1)
-    with pytest.raises(InvalidBinary, match="exceeds"):
-        NativeBinary.from_bytes(bytes(data))
-
-
-def test_truncated_header():
-    with pytest.raises(InvalidBinary, match="truncated"):
-        NativeBinary.from_bytes(DATA[:60])
-
-
-def test_header_checksum():
-    data = bytearray(DATA)
-    data[60] ^= 0x01
-    with pytest.raises(InvalidBinary, match="header checksum"):
-        NativeBinary.from_bytes(bytes(data))
-
-
-def test_header_not_json():
-    h = b"{not json"
-    data = struct.pack("<8sII32s", KNB_MAGIC, 1, len(h), hashlib.sha256(h).digest()) + h
-    with pytest.raises(InvalidBinary, match="bad header"):
-        NativeBinary.from_bytes(data)
-
-
-@pytest.mark.parametrize("mutate, message", [
-    (lambda h: h["sections"].append(dict(h["sections"][0])), "duplicate section"),
-    (lambda h: h["sections"][0].update(name="evil"), "unknown section"),
-    (lambda h: h.update(sections=[h["sections"][1]]), "no 'native' section"),
-    (lambda h: h["sections"][0].update(size=-1), "bad size"),
-    (lambda h: h["sections"][0].update(size="12"), "bad size"),
-    (lambda h: h["sections"][0].update(sha256="00"), "bad sha256"),
-    (lambda h: h.update(sections=[]), "non-empty"),
-    (lambda h: h["build"].pop("device"), "missing 'device'"),
-    (lambda h: h["build"]["device"].update(name=7), "must be a string"),
-    (lambda h: h.update(kernbin_format=9), "version-1"),
+@pytest.mark.parametrize("mutate", [
+    lambda b: b.pop("toolchain"),
+    lambda b: b["toolchain"].update(compiler=7),
+    lambda b: b.pop("requires"),
+    lambda b: b["requires"].update(kind=None),
+    lambda b: b["options"].update(register_file="huge"),
+    lambda b: b["options"].update(flags=["a b"]),
+    lambda b: b.update(flags="-O2"),
+    lambda b: b.update(kernels={}),
+    lambda b: b.update(build_seconds="fast"),
+    lambda b: b.update(target=["opencl"]),
+    lambda b: b["kernels"][0]["attributes"].update(x=[1]),
 ])
-def test_bad_header_fields(mutate, message):
-    header, payload = _split()
-    mutate(header)
-    with pytest.raises(InvalidBinary, match=message):
-        NativeBinary.from_bytes(_repack(header, payload))
+def test_bad_build_info(mutate):
+    build = json.loads(json.dumps(INFO.to_json()))
+    mutate(build)
+    assert _rule(_pack({"build": build}, [("native", NB.binary)])) == "build-info"
 
 
-def test_trailing_data_is_rejected():
-    header, payload = _split()
-    with pytest.raises(InvalidBinary, match="trailing data"):
-        NativeBinary.from_bytes(_repack(header, payload + b"\0"))
-
-
-def test_truncated_payload_is_rejected():
-    with pytest.raises(InvalidBinary, match="truncated"):
-        NativeBinary.from_bytes(DATA[:-1])
+def test_missing_build_info():
+    assert _rule(_pack({}, [("native", NB.binary)])) == "build-info"
 
 
 def test_corrupt_native_section_keeps_verified_ir_for_fallback():
-    header, _ = _split()
     data = bytearray(DATA)
-    native_start = len(DATA) - len(IR.data) - len(NB.binary)
-    data[native_start + 10] ^= 0xFF
-    with pytest.raises(InvalidBinary, match="section\\(s\\) native") as e:
+    data[data.index(NB.binary) + 10] ^= 0xFF
+    with pytest.raises(InvalidBinary) as e:
         NativeBinary.from_bytes(bytes(data))
-    assert e.value.ir == IR
-    assert e.value.build_info == INFO
+    assert e.value.rule == "section-digest" and e.value.ir == IR and e.value.build_info == INFO
 
 
 def test_corrupt_ir_section_gives_no_ir():
     data = bytearray(DATA)
-    data[-5] ^= 0xFF
-    with pytest.raises(InvalidBinary, match="section\\(s\\) ir") as e:
+    data[data.index(IR.data) + 100] ^= 0xFF
+    with pytest.raises(InvalidBinary) as e:
         NativeBinary.from_bytes(bytes(data))
-    assert e.value.ir is None and e.value.build_info == INFO
+    assert e.value.rule == "section-digest" and e.value.ir is None and e.value.build_info == INFO
 
 
 def test_ir_that_does_not_match_the_recorded_hash():
     other = SpirvModule.from_file(SAMPLES["matmul"].spv)
-    bad = NativeBinary(binary=NB.binary, info=INFO, ir=other)
-    with pytest.raises(InvalidBinary, match="does not match"):
-        NativeBinary.from_bytes(bad.to_bytes())
+    assert _rule(NativeBinary(binary=NB.binary, info=INFO, ir=other).to_bytes()) == "ir"
+
+
+def test_invalid_embedded_ir():
+    assert _rule(_pack({"build": INFO.to_json()}, [("native", b"x"), ("ir", b"\x03\x02\x23\x07" + b"\0" * 3)])) == "ir"
 
 
 @settings(max_examples=400, deadline=None)
@@ -163,3 +158,14 @@ def test_random_bytes_are_invalid(data):
 def test_every_truncation_is_invalid(cut):
     with pytest.raises(InvalidBinary):
         NativeBinary.from_bytes(DATA[:cut])
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+                    lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=6), c, max_size=3),
+                    max_leaves=12))
+def test_any_json_as_build_info_is_a_clean_error_or_valid(value):
+    try:
+        NativeBinary.from_bytes(_pack({"build": value}, [("native", b"x")]))
+    except InvalidBinary as e:
+        assert e.rule == "build-info"

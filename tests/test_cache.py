@@ -11,21 +11,27 @@ import warnings
 
 import pytest
 
-from kernbin import BuildInfo, DeviceId, KernbinWarning, KernelInfo, NativeBinary, SpirvModule
+from kernbin import (BuildInfo, BuildOptions, DeviceId, KernbinWarning, KernelInfo, NativeBinary, Requirements,
+                     SpirvModule, Toolchain)
 from kernbin.cache import Cache, LocalStore, cache_key, key_for_info, parse_size
 from kernbin.samples import SAMPLES
 
 from conftest import ROOT, run_py
 
 DEV = DeviceId("opencl", "Vendor", "Dev", "x86-64-v3", "1.0", "OpenCL 3.0")
+TC = Toolchain("opencl", "Vendor OpenCL 3.0", "1.0", {"kernbin": "test"})
+REQ = Requirements("opencl-runtime", {"device": "Dev", "driver": "1.0"})
 IR = SpirvModule.from_file(SAMPLES["vadd"].spv)
+O2 = BuildOptions.of("-O2")
 
 
 def synthetic(tag: str = "a", size: int = 4096, options: str = "") -> tuple[str, NativeBinary]:
     """A well-formed native binary (no runtime needed) and its key."""
-    info = BuildInfo(target="opencl:cpu", device=DEV, ir_kind="spirv",
-                     ir_sha256=f"{tag:0>64}"[-64:] if len(tag) < 64 else tag, options=options,
-                     binary_format="opencl-cpu-elf", kernels=(KernelInfo("k"),), build_seconds=0.25)
+    opts = BuildOptions.of(options)
+    info = BuildInfo(target="opencl:cpu", toolchain=TC, requires=REQ, ir_kind="spirv",
+                     ir_sha256=f"{tag:0>64}"[-64:] if len(tag) < 64 else tag, options=opts, flags=opts.flags,
+                     binary_format="opencl-cpu-elf", kernels=(KernelInfo("k"),), build_seconds=0.25,
+                     device_fingerprint=DEV.fingerprint)
     nb = NativeBinary(binary=os.urandom(size), info=info)
     return key_for_info(info), nb
 
@@ -33,16 +39,21 @@ def synthetic(tag: str = "a", size: int = 4096, options: str = "") -> tuple[str,
 # -- key -----------------------------------------------------------------------------
 
 def test_key_changes_with_every_part_and_nothing_else():
-    base = cache_key(IR.sha256, "opencl", DEV, "-O2")
-    assert base == cache_key(IR.sha256, "opencl", DeviceId(**DEV.to_json()), "-O2")
+    fp = DEV.fingerprint
+    base = cache_key(IR.sha256, TC, fp, O2)
+    assert base == cache_key(IR.sha256, Toolchain(**TC.to_json()), DeviceId(**DEV.to_json()).fingerprint,
+                             BuildOptions.of(["-O2"]))
+    # versions recorded beside the toolchain (kernbin's own, pyopencl's) do not change the bytes: not keyed
+    assert base == cache_key(IR.sha256, dataclasses.replace(TC, versions={"kernbin": "9"}), fp, O2)
     variants = [
-        cache_key("0" * 64, "opencl", DEV, "-O2"),
-        cache_key(IR.sha256, "level-zero", DEV, "-O2"),
-        cache_key(IR.sha256, "opencl", dataclasses.replace(DEV, driver_version="1.1"), "-O2"),
-        cache_key(IR.sha256, "opencl", dataclasses.replace(DEV, arch="x86-64-v4"), "-O2"),
-        cache_key(IR.sha256, "opencl", dataclasses.replace(DEV, compiler_version="OpenCL 3.1"), "-O2"),
-        cache_key(IR.sha256, "opencl", DEV, "-O2 -cl-mad-enable"),
-        cache_key(IR.sha256, "opencl", DEV, "-O2", policy="grf=large"),
+        cache_key("0" * 64, TC, fp, O2),
+        cache_key(IR.sha256, dataclasses.replace(TC, backend="level-zero"), fp, O2),
+        cache_key(IR.sha256, dataclasses.replace(TC, driver="1.1"), fp, O2),
+        cache_key(IR.sha256, dataclasses.replace(TC, compiler="Vendor OpenCL 3.1"), fp, O2),
+        cache_key(IR.sha256, TC, dataclasses.replace(DEV, arch="x86-64-v4").fingerprint, O2),
+        cache_key(IR.sha256, TC, fp, BuildOptions.of("-O2 -cl-mad-enable")),
+        cache_key(IR.sha256, TC, fp, BuildOptions.of("-O2", grf="large")),
+        cache_key(IR.sha256, TC, fp, BuildOptions.of("-O2", grf="auto")),
     ]
     assert len({base, *variants}) == len(variants) + 1
 

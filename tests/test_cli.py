@@ -52,7 +52,7 @@ def test_check_ok_and_json(knb):
     p = run_cli("check", str(knb), "--target", "opencl:cpu", "--json")
     assert p.returncode == 0, p.stderr
     res = json.loads(p.stdout)
-    assert res["ok"] is True and res["kernels"][0]["name"] == "matmul"
+    assert res["ok"] is True and res["verdict"] == "native" and res["kernels"][0]["name"] == "matmul"
 
 
 def test_check_corrupt_file_exits_nonzero_with_one_line(knb, tmp_path):
@@ -62,7 +62,10 @@ def test_check_corrupt_file_exits_nonzero_with_one_line(knb, tmp_path):
     bad.write_bytes(bytes(data))
     p = run_cli("check", str(bad))
     assert p.returncode == 2
-    assert p.stdout.count("\n") == 1 and "checksum mismatch" in p.stdout
+    assert p.stdout.count("\n") == 1 and "refused it before the driver" in p.stdout
+    p = run_cli("check", str(bad), "--json")
+    res = json.loads(p.stdout)
+    assert p.returncode == 2 and res["verdict"] == "gate" and res["rule"] == "section-digest"
 
 
 def test_errors_are_one_line_without_traceback(tmp_path):

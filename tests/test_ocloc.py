@@ -59,8 +59,9 @@ def test_builds_and_inspect_matches_ocloc(oc, tmp_path, name, device):
     p = run_cli("build", IRS[name], "-t", f"ocloc:{device}", "-o", str(out), "--no-cache", "--json")
     assert p.returncode == 0, p.stderr
     info = json.loads(run_cli("inspect", str(out), "--json").stdout)
-    assert info["binary_format"] == "zebin" and info["device"]["name"] == device
-    assert info["device"]["arch"] == oc.ip_version(device)
+    assert info["binary_format"] == "zebin" and info["requires"]["device"] == device
+    assert info["requires"]["kind"] == "intel-gpu" and info["requires"]["ip_version"] == oc.ip_version(device)
+    assert info["toolchain"]["backend"] == "ocloc" and info["toolchain"]["compiler"] == f"IGC {oc.igc_version()}"
     ze, spills = _ocloc_cli_report(IRS[name], device, tmp_path)
     by_name = {k["name"]: k for k in info["kernels"]}
     assert set(by_name) == {k["name"] for k in ze["kernels"]}
@@ -82,53 +83,57 @@ def test_grf_auto_rebuilds_the_triton_matmul_on_pvc_with_the_large_register_file
     auto = kernbin.build(TRITON["triton_matmul"], "ocloc:pvc", grf="auto")
     base_spill = default.info.kernels[0].attributes["spill_bytes"]
     assert base_spill > 0
-    assert auto.info.options == "-cl-intel-256-GRF-per-thread"
+    assert auto.info.flags == ("-cl-intel-256-GRF-per-thread",)
     assert auto.info.kernels[0].attributes["grf_count"] == 256
     assert auto.info.kernels[0].attributes["spill_bytes"] < base_spill
-    tried = auto.info.extra["grf"]["tried"]
+    tried = auto.info.register_file["tried"]
     assert [t["grf"] for t in tried] == ["default", "large"] and tried[1]["chosen"]
     assert tried[0]["spill_bytes"] == base_spill
-    assert auto.info.extra["requested_options"] == "" and auto.info.extra["policy"].startswith("grf=auto")
+    assert auto.info.options == kernbin.BuildOptions(register_file="auto")
 
 
 def test_grf_auto_builds_a_non_spilling_kernel_once(oc):
     auto = kernbin.build(TRITON["triton_add"], "ocloc:pvc", grf="auto")
-    assert auto.info.options == ""
-    assert len(auto.info.extra["grf"]["tried"]) == 1
+    assert auto.info.flags == ()
+    assert len(auto.info.register_file["tried"]) == 1
 
 
 def test_grf_auto_keeps_default_when_large_does_not_help(oc):
     # tgllp has no large register file: the retry spills the same, so the default build wins
     auto = kernbin.build(TRITON["triton_matmul"], "ocloc:tgllp", grf="auto")
-    tried = auto.info.extra["grf"]["tried"]
+    tried = auto.info.register_file["tried"]
     assert len(tried) == 2 and tried[0]["chosen"] and tried[0]["spill_bytes"] == tried[1]["spill_bytes"]
-    assert auto.info.options == ""
+    assert auto.info.flags == ()
 
 
 def test_grf_threshold_and_explicit_modes(oc):
     high = kernbin.build(TRITON["triton_matmul"], "ocloc:pvc", grf="auto", spill_threshold=10_000)
-    assert len(high.info.extra["grf"]["tried"]) == 1 and high.info.options == ""
+    assert len(high.info.register_file["tried"]) == 1 and high.info.flags == ()
     small = kernbin.build(SAMPLES["vadd"].spv, "ocloc:pvc", grf="small")
-    assert small.info.options == "-cl-intel-128-GRF-per-thread"
-    with pytest.raises(kernbin.KernbinError, match="register-file flag"):
-        kernbin.build(SAMPLES["vadd"].spv, "ocloc:pvc", "-cl-intel-256-GRF-per-thread", grf="large")
-    with pytest.raises(kernbin.KernbinError, match="bad register-file mode"):
+    assert small.info.flags == ("-cl-intel-128-GRF-per-thread",)
+    for doubled in ("-cl-intel-256-GRF-per-thread", "-ze-opt-large-register-file", "-ze-exp-register-file-size=128"):
+        with pytest.raises(kernbin.OptionsError) as e:
+            kernbin.build(SAMPLES["vadd"].spv, "ocloc:pvc", doubled, grf="large")
+        assert e.value.field == "flags"
+    with pytest.raises(kernbin.OptionsError) as e:
         kernbin.build(SAMPLES["vadd"].spv, "ocloc:pvc", grf="huge")
+    assert e.value.field == "register_file"
 
 
 def test_grf_on_the_cpu_runtime_is_refused(cpu):
-    with pytest.raises(kernbin.KernbinError, match="no register-file modes"):
+    with pytest.raises(kernbin.OptionsError) as e:
         kernbin.build(SAMPLES["vadd"].spv, cpu, grf="auto")
+    assert e.value.field == "register_file"
 
 
 def test_auto_policy_is_part_of_the_cache_key(oc, tmp_path):
     from kernbin.cache import Cache, LocalStore
     cache = Cache(LocalStore(str(tmp_path)))
-    plain, hit1 = kernbin.api.get_or_build_ex(TRITON["triton_matmul"], "ocloc:pvc", cache=cache)
-    auto, hit2 = kernbin.api.get_or_build_ex(TRITON["triton_matmul"], "ocloc:pvc", grf="auto", cache=cache)
-    again, hit3 = kernbin.api.get_or_build_ex(TRITON["triton_matmul"], "ocloc:pvc", grf="auto", cache=cache)
+    plain, hit1 = kernbin.get_or_build_ex(TRITON["triton_matmul"], "ocloc:pvc", cache=cache)
+    auto, hit2 = kernbin.get_or_build_ex(TRITON["triton_matmul"], "ocloc:pvc", grf="auto", cache=cache)
+    again, hit3 = kernbin.get_or_build_ex(TRITON["triton_matmul"], "ocloc:pvc", grf="auto", cache=cache)
     assert (hit1, hit2, hit3) == (False, False, True)
-    assert plain.info.options == "" and again.info.options == "-cl-intel-256-GRF-per-thread"
+    assert plain.info.flags == () and again.info.flags == ("-cl-intel-256-GRF-per-thread",)
     assert again.sha256 == auto.sha256
 
 
@@ -176,7 +181,7 @@ def test_subprocess_and_in_process_give_the_same_binary(oc):
     if oc.mode != "inprocess" or shutil.which("ocloc") is None:
         pytest.skip("needs both libocloc.so and the ocloc command")
     code = ("import kernbin, sys\nnb = kernbin.build('kernbin/samples/matmul.spv', 'ocloc:acm-g10')\n"
-            "print(nb.info.tools['ocloc_mode'], nb.sha256)")
+            "print(nb.info.toolchain.versions['ocloc_mode'], nb.sha256)")
     sub = run_py(code, env={"KERNBIN_OCLOC": "subprocess"})
     assert sub.returncode == 0, sub.stderr
     mode, sha = sub.stdout.split()
@@ -193,13 +198,17 @@ def test_parallel_build_for_three_devices(oc, tmp_path):
     for r in rows:
         assert os.path.exists(r["output"]) and r["output"].endswith(f"triton_matmul.ocloc-{r['target'][6:]}.knb")
     by = {r["target"]: r for r in rows}
-    assert by["ocloc:pvc"]["options"] == "-cl-intel-256-GRF-per-thread"
-    assert by["ocloc:tgllp"]["options"] == ""
+    assert by["ocloc:pvc"]["flags"] == ["-cl-intel-256-GRF-per-thread"]
+    assert by["ocloc:tgllp"]["flags"] == []
 
 
 def test_offline_target_cannot_load(oc):
     nb = kernbin.build(SAMPLES["vadd"].spv, "ocloc:pvc")
-    with pytest.raises(RuntimeNotFound, match="offline target"):
+    with pytest.raises(kernbin.IncompatibleBinary) as e:
         kernbin.load(nb, "ocloc:pvc", fallback=False)
+    assert e.value.rule == "offline"
+    with pytest.raises(kernbin.OfflineTarget) as e:
+        kernbin.open_device("ocloc:pvc").load_native(nb)
+    assert e.value.target == "ocloc:pvc"
     res = kernbin.check(nb, "ocloc:pvc")
-    assert res["ok"] is False and "offline" in res["reason"]
+    assert res["ok"] is False and res["verdict"] == "gate" and res["rule"] == "offline"

@@ -40,7 +40,8 @@ def test_build_reload_run(cpu, natives, rng, name):
     assert native.kernel_names == (sample.kernel,)
     attrs = native.info.kernel(sample.kernel).attributes
     assert attrs["max_work_group_size"] >= 1 and attrs["num_args"] >= 3
-    assert native.info.device == cpu.id
+    assert native.info.requires == cpu.requirements_for_own_binaries(native.binary)
+    assert native.info.toolchain == cpu.toolchain and native.info.device_fingerprint == cpu.id.fingerprint
     assert native.info.binary_format == "opencl-cpu-elf"
     module = kernbin.load(NativeBinary.from_bytes(native.to_bytes()), cpu, fallback=False)
     assert module.source == "native" and not module.rebuilt
@@ -64,9 +65,9 @@ def _spy_loads(monkeypatch, device):
     seen = []
     real = type(device).load_native
 
-    def spy(self, native):
+    def spy(self, native, payload=None):
         seen.append(native.sha256)
-        return real(self, native)
+        return real(self, native, payload)
     monkeypatch.setattr(type(device), "load_native", spy)
     return seen
 
@@ -77,23 +78,25 @@ def test_flipped_bytes_never_reach_the_runtime_and_fallback_runs(cpu, natives, r
     native_start = len(data) - len(native.ir.data) - len(native.binary)
     data[native_start + len(native.binary) // 2] ^= 0x40
     seen = _spy_loads(monkeypatch, cpu)
-    with pytest.warns(FallbackWarning, match="checksum mismatch"):
+    with pytest.warns(FallbackWarning):
         module = kernbin.load(bytes(data), cpu)
-    assert module.rebuilt and "checksum" in module.fallback_reason
+    assert module.rebuilt and module.fallback_reason
     # the only bytes the runtime saw are the freshly built ones
     assert seen == [module.native.sha256]
     launch = _run(module, SAMPLES["softmax"], rng)
     assert launch.correct()
-    with pytest.raises(InvalidBinary):
+    with pytest.raises(InvalidBinary) as e:
         kernbin.load(bytes(data), cpu, fallback=False)
+    assert e.value.rule == "section-digest"
 
 
 def test_corrupt_header_falls_back_to_ir_given_by_the_caller(cpu, natives, rng):
     native = natives["reduce"]
     data = bytearray(native.to_bytes())
     data[100] ^= 0x01                  # inside the JSON header: the header hash fails
-    with pytest.raises(InvalidBinary, match="header checksum"):
+    with pytest.raises(InvalidBinary) as e:
         kernbin.load(bytes(data), cpu, fallback=False)
+    assert e.value.rule == "header-digest"
     with pytest.raises(InvalidBinary):  # nothing to fall back to
         kernbin.load(bytes(data), cpu)
     with pytest.warns(FallbackWarning):
@@ -103,19 +106,21 @@ def test_corrupt_header_falls_back_to_ir_given_by_the_caller(cpu, natives, rng):
 
 def test_foreign_device_is_rebuilt_with_a_warning(cpu, natives, rng, monkeypatch):
     native = natives["matmul"]
-    foreign_dev = dataclasses.replace(native.info.device, name="Some Other CPU", driver_version="1999.1")
-    foreign = dataclasses.replace(native, info=dataclasses.replace(native.info, device=foreign_dev,
-                                                                   options="-cl-mad-enable"))
-    with pytest.raises(IncompatibleBinary, match="Some Other CPU") as e:
+    req = native.info.requires
+    foreign_req = dataclasses.replace(req, values={**req.values, "device": "Some Other CPU", "driver": "1999.1"})
+    foreign = dataclasses.replace(native, info=dataclasses.replace(native.info, requires=foreign_req,
+                                                                   flags=("-cl-mad-enable",)))
+    with pytest.raises(IncompatibleBinary) as e:
         kernbin.load(foreign, cpu, fallback=False)
-    assert e.value.built_for == foreign_dev and e.value.device == cpu.id
+    assert e.value.rule == "runtime" and "Some Other CPU" in e.value.reason
+    assert e.value.requires == foreign_req and e.value.device == cpu.id
     seen = _spy_loads(monkeypatch, cpu)
-    with pytest.warns(FallbackWarning, match="name 'Some Other CPU'"):
+    with pytest.warns(FallbackWarning):
         module = kernbin.load(foreign.to_bytes(), cpu)
-    assert module.rebuilt
+    assert module.rebuilt and "Some Other CPU" in module.fallback_reason
     assert seen == [module.native.sha256]          # the foreign binary never reached the runtime
-    assert module.native.info.device == cpu.id     # the new binary is for this device ...
-    assert module.native.info.options == "-cl-mad-enable"   # ... built with the recorded options
+    assert module.native.info.requires == req      # the new binary is for this device ...
+    assert module.native.info.flags == ("-cl-mad-enable",)   # ... built with the recorded flags
     assert _run(module, SAMPLES["matmul"], rng).correct()
     # the returned binary is good to store: it now loads natively
     assert kernbin.load(module.native.to_bytes(), cpu, fallback=False).source == "native"
@@ -123,8 +128,9 @@ def test_foreign_device_is_rebuilt_with_a_warning(cpu, natives, rng, monkeypatch
 
 def test_fallback_warns_once_per_reason(cpu, natives):
     native = natives["vadd"]
+    req = native.info.requires
     foreign = dataclasses.replace(native, info=dataclasses.replace(
-        native.info, device=dataclasses.replace(native.info.device, driver_version="once-only")))
+        native.info, requires=dataclasses.replace(req, values={**req.values, "driver": "once-only"})))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for _ in range(3):
@@ -140,15 +146,17 @@ def test_binary_the_runtime_rejects_falls_back(cpu, natives, rng):
     with pytest.raises(kernbin.RuntimeAPIError) as e:
         kernbin.load(bad, cpu, fallback=False)
     assert e.value.code_name == "CL_INVALID_BINARY" and e.value.code == -42
-    with pytest.warns(FallbackWarning, match="CL_INVALID_BINARY"):
+    with pytest.warns(FallbackWarning):
         module = kernbin.load(bad, cpu)
+    assert "CL_INVALID_BINARY" in module.fallback_reason
     assert _run(module, SAMPLES["vadd"], rng).correct()
 
 
 def test_non_elf_bytes_are_stopped_before_the_runtime(cpu, natives):
     bad = dataclasses.replace(natives["vadd"], binary=b"MZ" + b"\0" * 200)
-    with pytest.raises(InvalidBinary, match="not an ELF"):
+    with pytest.raises(InvalidBinary) as e:
         kernbin.load(bad, cpu, fallback=False)
+    assert e.value.rule == "device-binary"
 
 
 def test_mismatched_ir_is_refused(cpu, natives):
@@ -182,8 +190,9 @@ def test_launch_argument_errors(cpu, natives):
         k.launch(16, None, a, a, a, 16)
     with pytest.raises(LaunchError, match="C-contiguous"):
         k.launch(8, None, a[::2], a[::2], a[::2], np.int32(8))
-    with pytest.raises(kernbin.KernbinError, match="no kernel 'nope'"):
+    with pytest.raises(kernbin.KernelNotFound) as e:
         kernbin.load(natives["vadd"], cpu).kernel("nope")
+    assert e.value.name == "nope" and e.value.available == ("vadd",)
 
 
 def test_read_only_arrays_are_not_copied_back(cpu, natives, rng):
@@ -195,10 +204,15 @@ def test_read_only_arrays_are_not_copied_back(cpu, natives, rng):
     np.testing.assert_allclose(c, a + b, rtol=1e-6)
 
 
-def test_target_errors():
-    with pytest.raises(kernbin.TargetError, match="BACKEND:DEVICE"):
-        kernbin.open_device("opencl")
-    with pytest.raises(kernbin.TargetError, match="unknown backend"):
-        kernbin.open_device("metal:0")
-    with pytest.raises(kernbin.TargetError, match="not implemented yet"):
-        kernbin.open_device("cuda:0")
+@pytest.mark.parametrize("spec", ["opencl", "metal:0", "opencl:", "opencl:fpga", "level-zero:x", "ocloc:pv c",
+                                  "x" * 300 + ":0"])
+def test_target_errors(spec):
+    with pytest.raises(kernbin.TargetError) as e:
+        kernbin.open_device(spec)
+    assert e.value.target == spec
+
+
+def test_targets_are_canonicalised_once():
+    assert str(kernbin.parse_target(" OpenCL:CPU ")) == "opencl:cpu"
+    assert str(kernbin.parse_target("level_zero:00")) == "level-zero:0"
+    assert str(kernbin.parse_target("ocloc:PVC,acm-g10")) == "ocloc:pvc,acm-g10"

@@ -1,28 +1,55 @@
-"""Runtime backends. Each module implements the small protocol in :mod:`.base`.
+"""The backend registry: one line per backend.
 
-Backends are imported lazily, on first use of their target, so that
-``import kernbin`` loads no runtime library.
+Each entry names the module and class implementing :class:`~kernbin.backends.base.Backend`,
+the pattern its device selectors follow and how to spell them. Nothing here imports a
+runtime: a backend module is imported on first use of its target, so ``import kernbin``
+loads no runtime library. Adding a backend = its module + one line in :data:`REGISTRY`.
 """
 
 from __future__ import annotations
 
 import importlib
+import re
+from typing import NamedTuple
 
 from ..errors import TargetError
-from ..target import BACKENDS
 
-__all__ = ["get_backend", "IMPLEMENTED"]
+__all__ = ["REGISTRY", "get_backend", "backend_names"]
 
-#: backend name -> module implementing it
-IMPLEMENTED = {"opencl": "kernbin.backends.opencl", "ocloc": "kernbin.backends.ocloc",
-               "level-zero": "kernbin.backends.level_zero"}
+
+class Entry(NamedTuple):
+    module: str
+    cls: str
+    selector: str        # regular expression a (lower-cased) selector must match
+    spelling: str        # how to write its targets, for help and errors
+
+
+REGISTRY: dict[str, Entry] = {
+    "opencl": Entry("kernbin.backends.opencl", "OpenCLBackend", r"cpu|gpu|\d+", "opencl:cpu, opencl:gpu, opencl:N"),
+    "level-zero": Entry("kernbin.backends.level_zero", "LevelZeroBackend", r"\d+", "level-zero:N"),
+    "ocloc": Entry("kernbin.backends.ocloc", "OclocBackend", r"[a-z0-9][a-z0-9._-]*(,[a-z0-9][a-z0-9._-]*)*",
+                   "ocloc:<device>[,<device>...] (e.g. ocloc:pvc, ocloc:pvc,acm-g10 for one fat binary)"),
+}
+
+_instances: dict = {}
+
+
+def backend_names() -> tuple[str, ...]:
+    return tuple(REGISTRY)
 
 
 def get_backend(name: str):
-    """The backend module for ``name`` (imports it on first use)."""
-    if name not in IMPLEMENTED:
-        known = ", ".join(IMPLEMENTED)
-        if name in BACKENDS:
-            raise TargetError(f"the {name} backend is not implemented yet (available: {known})")
-        raise TargetError(f"unknown backend {name!r} (available: {known})")
-    return importlib.import_module(IMPLEMENTED[name])
+    """The :class:`~kernbin.backends.base.Backend` for ``name`` (imports its module on first use)."""
+    backend = _instances.get(name)
+    if backend is None:
+        entry = REGISTRY.get(name)
+        if entry is None:
+            raise TargetError(f"unknown backend {name!r} (available: {', '.join(REGISTRY)})", name)
+        backend = _instances[name] = getattr(importlib.import_module(entry.module), entry.cls)()
+    return backend
+
+
+def check_selector(backend: str, selector: str, spec: str) -> None:
+    entry = REGISTRY[backend]
+    if not re.fullmatch(entry.selector, selector):
+        raise TargetError(f"bad target {spec!r}: {backend} targets are {entry.spelling}", spec)

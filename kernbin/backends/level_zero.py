@@ -23,22 +23,24 @@ import time
 import weakref
 
 from ..artifact import BuildInfo, KernelInfo, NativeBinary
-from ..device import DeviceId
+from ..device import DeviceId, Requirements, Toolchain, ip_version_text
 from ..errors import BuildError, LaunchError, RuntimeAPIError, RuntimeNotFound, TargetError
-from ..ir import SpirvModule
-from ..target import Target, parse_target
+from ..formats import zebin as zefmt
+from ..ir import IR
+from ..options import BuildOptions
+from ..target import Target
+from . import _intel
 from . import _ze as ze
 from ._icd import wire_intel_cpu_runtime
-from .base import Device, DeviceInfo, Kernel, LocalMemory, Module, launch_sizes
+from ._launch import HostArrays, classify
+from .base import Backend, Device, DeviceInfo, Fit, Kernel, Module
 
-__all__ = ["list_devices", "open_device", "GRF_FLAGS", "INSTALL_HINT"]
+__all__ = ["LevelZeroBackend", "LevelZeroDevice", "INSTALL_HINT"]
 
 BACKEND = "level-zero"
 INSTALL_HINT = ("install the Level Zero loader (Debian/Ubuntu: apt-get install libze1) and a driver "
                 "(Intel GPU: intel-level-zero-gpu / libze-intel-gpu1); without a GPU, kernbin's CPU test "
                 "driver: ZE_ENABLE_ALT_DRIVERS=$(tools/ze_cpu_driver/build.sh)")
-#: -ze-opt-large-register-file is the Level Zero spelling of the 256-GRF mode
-GRF_FLAGS = {"small": "-ze-exp-register-file-size=128", "large": "-ze-opt-large-register-file"}
 _VENDORS = {0x8086: "Intel(R) Corporation"}
 
 
@@ -111,40 +113,63 @@ def _props(lib, driver, device) -> dict:
 
 
 def _device_id(props: dict) -> DeviceId:
-    arch = f"ip-{props['ip_version']:#x}" if props["ip_version"] else f"device-{props['device_id']:#x}"
+    ip = ip_version_text(props["ip_version"]) if props["ip_version"] else ""
+    arch = f"ip {ip}" if ip else f"device {props['device_id']:#x}"
     vendor = _VENDORS.get(props["vendor_id"], f"vendor {props['vendor_id']:#06x}")
     return DeviceId(backend=BACKEND, vendor=vendor, name=props["name"], arch=arch,
                     driver_version=f"{props['driver_version']:#x}",
-                    compiler_version=f"driver {props['driver_uuid']}")
+                    compiler_version=f"driver {props['driver_uuid']}",
+                    facts={"ip_version": ip, "driver_uuid": props["driver_uuid"]})
 
 
-def list_devices() -> list[DeviceInfo]:
-    rt = _rt()
-    out = []
-    for i, (drv, dev) in enumerate(rt.devices):
-        p = _props(rt.lib, drv, dev)
-        out.append(DeviceInfo(target=f"level-zero:{i}", id=_device_id(p), type=p["type"], usable=True,
-                              details={"spirv": ["%d.%d" % p["spirv"]], "device_uuid": p["device_uuid"]}))
-    return out
+class LevelZeroBackend(Backend):
+    """Level Zero through the real loader: zeModuleCreate(SPIR-V) -> zeModuleGetNativeBinary ->
+    zeModuleCreate(NATIVE)."""
+    name = BACKEND
+    register_file_flags = _intel.LEVEL_ZERO_REGISTER_FILE_FLAGS
+    register_file_spellings = _intel.REGISTER_FILE_SPELLINGS
 
+    def __init__(self):
+        self._open: dict[int, LevelZeroDevice] = {}
 
-_open: dict[int, "LevelZeroDevice"] = {}
+    def list_devices(self) -> list[DeviceInfo]:
+        rt = _rt()
+        out = []
+        for i, (drv, dev) in enumerate(rt.devices):
+            p = _props(rt.lib, drv, dev)
+            out.append(DeviceInfo(target=f"level-zero:{i}", id=_device_id(p), type=p["type"], usable=True,
+                                  details={"spirv": ["%d.%d" % p["spirv"]], "device_uuid": p["device_uuid"]}))
+        return out
 
+    def open(self, target: Target) -> "LevelZeroDevice":
+        """A live device (context, immediate command list, event), shared within the process."""
+        rt = _rt()
+        if rt.error:
+            raise RuntimeNotFound(f"{target}: {rt.error}; {INSTALL_HINT}")
+        i = int(target.selector)
+        if i >= len(rt.devices):
+            if not rt.devices:
+                raise RuntimeNotFound(f"{target}: no Level Zero device; {INSTALL_HINT}")
+            raise TargetError(f"{target}: there are only {len(rt.devices)} Level Zero devices "
+                              f"(see `kernbin devices`)", str(target))
+        dev = self._open.get(i)
+        if dev is None:
+            dev = self._open[i] = LevelZeroDevice(self, target, rt.lib, *rt.devices[i])
+        return dev
 
-def open_device(target: "Target | str") -> "LevelZeroDevice":
-    target = parse_target(target)
-    rt = _rt()
-    if rt.error:
-        raise RuntimeNotFound(f"{target}: {rt.error}; {INSTALL_HINT}")
-    i = int(target.selector)
-    if i >= len(rt.devices):
-        if not rt.devices:
-            raise RuntimeNotFound(f"{target}: no Level Zero device; {INSTALL_HINT}")
-        raise TargetError(f"{target}: there are only {len(rt.devices)} Level Zero devices (see `kernbin devices`)")
-    dev = _open.get(i)
-    if dev is None:
-        dev = _open[i] = LevelZeroDevice(target, rt.lib, *rt.devices[i])
-    return dev
+    def can_run(self, info: BuildInfo, device: "LevelZeroDevice") -> Fit:
+        req = info.requires
+        if req.kind in ("intel-gpu", "intel-gpu-fat"):
+            return _intel.can_run(info, device)
+        if req.kind == "level-zero-driver":
+            # not a zebin: the spec promises native binaries only within one driver instance
+            mine = device.requirements_for_own_binaries().values
+            diff = [k for k in sorted(set(req.values) | set(mine)) if req.values.get(k) != mine.get(k)]
+            if diff:
+                detail = "; ".join(f"{k} {req.values.get(k)!r} != {mine.get(k)!r}" for k in diff)
+                return Fit(False, f"made by another Level Zero driver or device: {detail}", "driver")
+            return Fit(True)
+        return Fit(False, f"a Level Zero device cannot run a {req.kind} binary", "kind")
 
 
 def _release(lib, calls):
@@ -154,10 +179,9 @@ def _release(lib, calls):
 
 
 class LevelZeroDevice(Device):
-    grf_flags = GRF_FLAGS
-
-    def __init__(self, target: Target, lib, driver, device):
-        self.target, self.lib, self.driver, self.device = target, lib, driver, device
+    def __init__(self, backend: LevelZeroBackend, target: Target, lib, driver, device):
+        self.backend, self.target, self.lib, self.driver, self.device = backend, target, lib, driver, device
+        self._decoder: tuple[str | None] | None = None
         self.props = _props(lib, driver, device)
         self.id = _device_id(self.props)
         ctx, cl_, pool, ev = ctypes.c_void_p(), ctypes.c_void_p(), ctypes.c_void_p(), ctypes.c_void_p()
@@ -222,7 +246,55 @@ class LevelZeroDevice(Device):
         _check(self.lib.zeModuleGetKernelNames(module, ctypes.byref(n), names), "zeModuleGetKernelNames")
         return tuple(names[i].decode() for i in range(n.value))
 
-    def build(self, ir: SpirvModule, options: str = "") -> NativeBinary:
+    @property
+    def toolchain(self) -> Toolchain:
+        from .. import __version__
+        api = ctypes.c_uint32(0)
+        self.lib.zeDriverGetApiVersion(self.driver, ctypes.byref(api))
+        return Toolchain(BACKEND, f"driver {self.props['driver_uuid']}", self.id.driver_version,
+                         {"kernbin": __version__, "level_zero_api": f"{api.value >> 16}.{api.value & 0xFFFF}"})
+
+    def requirements_for_own_binaries(self, binary: bytes | None = None) -> Requirements:
+        """A zebin runs on any device of its IP whose runtime decodes its version; anything else
+        (a driver's private format) only within this driver, on this device."""
+        ip = self.id.facts.get("ip_version", "")
+        if binary is not None and ip and zefmt.is_zebin(binary):
+            return zefmt.requirements(binary, self.id.name, ip)
+        return Requirements("level-zero-driver", {"driver_version": self.id.driver_version,
+                                                  "driver_uuid": self.props["driver_uuid"],
+                                                  "device": self.id.name, "ip_version": ip})
+
+    def zebin_decoder_version(self) -> str | None:
+        """The ``.ze_info`` version this driver writes (and so decodes), found once per process by
+        building a tiny kernel; None when its native binaries are not zebin."""
+        if self._decoder is None:
+            version = None
+            try:
+                from ..samples import probe_spirv
+                module = self._create_module(ze.ZE_MODULE_FORMAT_IL_SPIRV, probe_spirv(), "", "zeModuleCreate")
+                try:
+                    binary = self._native_binary(module)
+                finally:
+                    self.lib.zeModuleDestroy(module)
+                if zefmt.is_zebin(binary):
+                    version = zefmt.parse_zebin(binary).ze_info_version or None
+            except Exception:         # noqa: BLE001 - unknown stays unknown
+                version = None
+            self._decoder = (version,)
+        return self._decoder[0]
+
+    def _native_binary(self, module) -> bytes:
+        size = ctypes.c_size_t(0)
+        _check(self.lib.zeModuleGetNativeBinary(module, ctypes.byref(size), None), "zeModuleGetNativeBinary")
+        buf = (ctypes.c_uint8 * size.value)()
+        _check(self.lib.zeModuleGetNativeBinary(module, ctypes.byref(size), buf), "zeModuleGetNativeBinary")
+        return bytes(buf[:size.value])
+
+    def build(self, ir: IR, flags: tuple[str, ...] = ()) -> NativeBinary:
+        options = " ".join(flags)
+        if ir.kind != "spirv":
+            raise BuildError(BACKEND, "zeModuleCreate", None, None, f"Level Zero builds SPIR-V, not {ir.kind}",
+                             options=options)
         if ir.version > self.props["spirv"]:
             raise BuildError(BACKEND, "zeModuleCreate", None, None,
                              f"SPIR-V {ir.version[0]}.{ir.version[1]} is newer than the driver accepts "
@@ -231,11 +303,7 @@ class LevelZeroDevice(Device):
         module = self._create_module(ze.ZE_MODULE_FORMAT_IL_SPIRV, ir.data, options, "zeModuleCreate")
         try:
             seconds = time.perf_counter() - t0
-            size = ctypes.c_size_t(0)
-            _check(self.lib.zeModuleGetNativeBinary(module, ctypes.byref(size), None), "zeModuleGetNativeBinary")
-            buf = (ctypes.c_uint8 * size.value)()
-            _check(self.lib.zeModuleGetNativeBinary(module, ctypes.byref(size), buf), "zeModuleGetNativeBinary")
-            binary = bytes(buf[:size.value])
+            binary = self._native_binary(module)
             kernels = []
             for name in self._kernel_names(module):
                 k = LevelZeroKernel(self, module, name)
@@ -243,36 +311,33 @@ class LevelZeroDevice(Device):
                 k.close()
         finally:
             self.lib.zeModuleDestroy(module)
-        info = BuildInfo(target=str(self.target), device=self.id, ir_kind=ir.kind, ir_sha256=ir.sha256,
-                         options=options, binary_format="ze-native", kernels=tuple(kernels),
-                         tools=self._tools(), build_log=self._last_log, build_seconds=round(seconds, 6),
-                         extra={"device_uuid": self.props["device_uuid"], "driver_uuid": self.props["driver_uuid"],
-                                "ip_version": self.props["ip_version"]})
+        info = BuildInfo(target=str(self.target), toolchain=self.toolchain,
+                         requires=self.requirements_for_own_binaries(binary), ir_kind=ir.kind,
+                         ir_sha256=ir.sha256, options=BuildOptions(tuple(flags)), flags=tuple(flags),
+                         binary_format="zebin" if zefmt.is_zebin(binary) else "ze-native",
+                         kernels=tuple(kernels), built_on=self.id.describe(), build_log=self._last_log,
+                         build_seconds=round(seconds, 6),
+                         extra={"device_uuid": self.props["device_uuid"], "driver_uuid": self.props["driver_uuid"]})
         return NativeBinary(binary=binary, info=info, ir=ir)
 
-    def _tools(self) -> dict[str, str]:
-        from .. import __version__
-        api = ctypes.c_uint32(0)
-        self.lib.zeDriverGetApiVersion(self.driver, ctypes.byref(api))
-        return {"kernbin": __version__, "level_zero_api": f"{api.value >> 16}.{api.value & 0xFFFF}",
-                "driver": self.id.driver_version}
+    def payload(self, native: NativeBinary, fit: Fit) -> bytes:
+        if native.info.requires.kind in ("intel-gpu", "intel-gpu-fat"):
+            return _intel.payload(native.binary, fit)
+        return super().payload(native, fit)
 
-    def check_native(self, binary: bytes) -> str | None:
-        return None if binary else "empty binary"
-
-    def load_native(self, native: NativeBinary) -> "LevelZeroModule":
-        module = self._create_module(ze.ZE_MODULE_FORMAT_NATIVE, native.binary, native.info.options,
+    def load_native(self, native: NativeBinary, payload: bytes | None = None) -> "LevelZeroModule":
+        data = native.binary if payload is None else payload
+        module = self._create_module(ze.ZE_MODULE_FORMAT_NATIVE, data, native.info.flags_text,
                                      "zeModuleCreate(native)")
         return LevelZeroModule(self, native, module)
 
+    def load_ir(self, ir: IR, flags: tuple[str, ...] = ()) -> "LevelZeroModule":
+        return LevelZeroModule(self, None, self._create_module(ze.ZE_MODULE_FORMAT_IL_SPIRV, ir.data,
+                                                                " ".join(flags), "zeModuleCreate"))
 
-    def load_ir(self, ir: SpirvModule, options: str = "") -> "LevelZeroModule":
-        return LevelZeroModule(self, None, self._create_module(ze.ZE_MODULE_FORMAT_IL_SPIRV, ir.data, options,
-                                                                "zeModuleCreate"))
-
-    def load_binary(self, binary: bytes, options: str = "") -> "LevelZeroModule":
-        return LevelZeroModule(self, None, self._create_module(ze.ZE_MODULE_FORMAT_NATIVE, binary, options,
-                                                                "zeModuleCreate(native)"))
+    def load_binary(self, binary: bytes, flags: tuple[str, ...] = ()) -> "LevelZeroModule":
+        return LevelZeroModule(self, None, self._create_module(ze.ZE_MODULE_FORMAT_NATIVE, binary,
+                                                                " ".join(flags), "zeModuleCreate(native)"))
 
 
 class LevelZeroModule(Module):
@@ -313,13 +378,12 @@ class LevelZeroKernel(Kernel):
     def attributes(self) -> dict[str, int]:
         return dict(self._attributes)
 
-    def launch(self, global_size, local_size, *args) -> None:
-        import numpy as np
+    def _launch(self, gs, ls, config, args) -> None:
         lib, dev = self.device.lib, self.device
-        gs = launch_sizes(global_size, "global size")
-        ls = launch_sizes(local_size, "local size")
-        if len(args) != self._attributes["num_args"]:
-            raise LaunchError(f"kernel {self.name} takes {self._attributes['num_args']} arguments, {len(args)} given")
+        plan = classify(args, self._attributes["num_args"], self.name)
+        if config is not None and config.shared_mem_bytes:
+            raise LaunchError("Level Zero kernels take local memory as kernbin.LocalMemory arguments, "
+                              "not as LaunchConfig.shared_mem_bytes")
         gs3 = tuple(gs) + (1,) * (3 - len(gs))
         if ls is None:
             x, y, z = ctypes.c_uint32(), ctypes.c_uint32(), ctypes.c_uint32()
@@ -327,51 +391,43 @@ class LevelZeroKernel(Kernel):
                    "zeKernelSuggestGroupSize")
             ls3 = (x.value, y.value, z.value)
         else:
-            if len(ls) != len(gs):
-                raise LaunchError(f"local size {ls} and global size {gs} differ in dimensions")
             ls3 = tuple(ls) + (1,) * (3 - len(ls))
         if any(g % l for g, l in zip(gs3, ls3)):
             raise LaunchError(f"global size {gs} is not a multiple of the group size {ls3[:len(gs)]} "
                               f"(Level Zero launches whole groups)")
-        allocs, back, keep = [], [], []
-        try:
-            for i, a in enumerate(args):
-                if isinstance(a, np.ndarray):
-                    if not a.flags.c_contiguous:
-                        raise LaunchError(f"argument {i}: array must be C-contiguous")
-                    ptr = ctypes.c_void_p()
-                    desc = ze.ze_device_mem_alloc_desc_t(stype=ze.ZE_STRUCTURE_TYPE_DEVICE_MEM_ALLOC_DESC)
-                    _check(lib.zeMemAllocDevice(dev.context, ctypes.byref(desc), max(a.nbytes, 1), 64, dev.device,
-                                                ctypes.byref(ptr)), "zeMemAllocDevice")
-                    allocs.append(ptr.value)
-                    if a.nbytes:
-                        _check(lib.zeCommandListAppendMemoryCopy(dev.cmdlist, ptr, a.ctypes.data_as(ctypes.c_void_p),
-                                                                 a.nbytes, None, 0, None), "zeCommandListAppendMemoryCopy")
-                    if a.flags.writeable and a.nbytes:
-                        back.append((a, ptr.value))
-                    value = ctypes.c_void_p(ptr.value)
-                    keep.append(value)
-                    _check(lib.zeKernelSetArgumentValue(self.handle, i, ctypes.sizeof(value), ctypes.byref(value)),
+
+        def alloc(nbytes):
+            ptr = ctypes.c_void_p()
+            desc = ze.ze_device_mem_alloc_desc_t(stype=ze.ZE_STRUCTURE_TYPE_DEVICE_MEM_ALLOC_DESC)
+            _check(lib.zeMemAllocDevice(dev.context, ctypes.byref(desc), nbytes, 64, dev.device, ctypes.byref(ptr)),
+                   "zeMemAllocDevice")
+            return ptr.value
+
+        def copy(dst, src, nbytes):
+            _check(lib.zeCommandListAppendMemoryCopy(dev.cmdlist, ctypes.c_void_p(dst), ctypes.c_void_p(src), nbytes,
+                                                     None, 0, None), "zeCommandListAppendMemoryCopy")
+
+        keep = []
+        with HostArrays(alloc=alloc, write=lambda p, a: copy(p, a.ctypes.data, a.nbytes),
+                        read=lambda p, a: copy(a.ctypes.data, p, a.nbytes),
+                        free=lambda p: lib.zeMemFree(dev.context, ctypes.c_void_p(p))) as host:
+            for i, (kind, value) in enumerate(plan):
+                if kind in ("array", "pointer"):
+                    ptr = ctypes.c_void_p(host.device(value) if kind == "array" else value)
+                    keep.append(ptr)
+                    _check(lib.zeKernelSetArgumentValue(self.handle, i, ctypes.sizeof(ptr), ctypes.byref(ptr)),
                            "zeKernelSetArgumentValue")
-                elif isinstance(a, LocalMemory):
-                    _check(lib.zeKernelSetArgumentValue(self.handle, i, a.nbytes, None), "zeKernelSetArgumentValue")
-                elif isinstance(a, np.generic):
-                    raw = np.array(a)
-                    keep.append(raw)
-                    _check(lib.zeKernelSetArgumentValue(self.handle, i, raw.nbytes, raw.ctypes.data_as(ctypes.c_void_p)),
-                           "zeKernelSetArgumentValue")
+                elif kind == "local":
+                    _check(lib.zeKernelSetArgumentValue(self.handle, i, value, None), "zeKernelSetArgumentValue")
                 else:
-                    raise LaunchError(f"argument {i}: pass numpy arrays, numpy scalars (e.g. np.int32(n)) "
-                                      f"or kernbin.LocalMemory, not {type(a).__name__}")
+                    keep.append(value)
+                    _check(lib.zeKernelSetArgumentValue(self.handle, i, value.nbytes,
+                                                        value.ctypes.data_as(ctypes.c_void_p)),
+                           "zeKernelSetArgumentValue")
             _check(lib.zeKernelSetGroupSize(self.handle, *ls3), "zeKernelSetGroupSize")
             _check(lib.zeEventHostReset(dev.event), "zeEventHostReset")
             groups = ze.ze_group_count_t(*(g // l for g, l in zip(gs3, ls3)))
             _check(lib.zeCommandListAppendLaunchKernel(dev.cmdlist, self.handle, ctypes.byref(groups), dev.event, 0,
                                                        None), "zeCommandListAppendLaunchKernel")
             _check(lib.zeEventHostSynchronize(dev.event, ze.UINT64_MAX), "zeEventHostSynchronize")
-            for a, ptr in back:
-                _check(lib.zeCommandListAppendMemoryCopy(dev.cmdlist, a.ctypes.data_as(ctypes.c_void_p), ptr, a.nbytes,
-                                                         None, 0, None), "zeCommandListAppendMemoryCopy")
-        finally:
-            for p in allocs:
-                lib.zeMemFree(dev.context, p)
+            host.copy_back()

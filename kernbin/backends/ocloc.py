@@ -26,19 +26,20 @@ import threading
 import time
 
 from ..artifact import BuildInfo, KernelInfo, NativeBinary
-from ..device import DeviceId
-from ..errors import BuildError, KernbinError, RuntimeNotFound, TargetError
+from ..device import DeviceId, Toolchain
+from ..errors import BuildError, KernbinError, OfflineTarget, RuntimeNotFound, TargetError
 from ..formats import zebin as zefmt
-from ..ir import SpirvModule
-from ..target import Target, parse_target
-from .base import Device, DeviceInfo
+from ..ir import IR
+from ..options import BuildOptions
+from ..target import Target
+from . import _intel
+from .base import Backend, Device, DeviceInfo, Fit
 
-__all__ = ["list_devices", "open_device", "Ocloc", "get_ocloc", "INSTALL_HINT", "GRF_FLAGS", "parse_spills"]
+__all__ = ["OclocBackend", "OclocDevice", "Ocloc", "get_ocloc", "INSTALL_HINT", "parse_spills"]
 
 BACKEND = "ocloc"
 INSTALL_HINT = ("install Intel's offline compiler: on Debian/Ubuntu `apt-get install intel-opencl-icd` "
                 "(ships ocloc and libocloc.so), or Intel's compute-runtime packages")
-GRF_FLAGS = {"small": "-cl-intel-128-GRF-per-thread", "large": "-cl-intel-256-GRF-per-thread"}
 #: the devices `kernbin devices` lists for ocloc (any device ocloc accepts can be targeted)
 LISTED = ("pvc", "acm-g10", "tgllp")
 _SPILL_RE = re.compile(r"kernel\s+(\S+)\s+compiled SIMD(\d+) allocated (\d+) regs and spilled around (\d+)")
@@ -219,56 +220,79 @@ def get_ocloc() -> Ocloc:
     raise RuntimeNotFound(f"ocloc not found ({'; '.join(tried)}); {INSTALL_HINT}")
 
 
-def list_devices() -> list[DeviceInfo]:
-    try:
-        oc = get_ocloc()
-    except RuntimeNotFound:
-        return []
-    out = []
-    for name in LISTED:
+def _device_id(oc: Ocloc, name: str, ips: tuple[str, ...]) -> DeviceId:
+    return DeviceId(backend=BACKEND, vendor="Intel(R) Corporation", name=name, arch=",".join(ips),
+                    driver_version=oc.driver_version(), compiler_version=f"IGC {oc.igc_version()}",
+                    facts={"ip_version": ips[0]} if len(ips) == 1 else {"ip_versions": list(ips)})
+
+
+class OclocBackend(Backend):
+    """Offline Intel GPU builds (SPIR-V -> zebin, or a fat archive for several devices)."""
+    name = BACKEND
+    offline = True
+    register_file_flags = _intel.OCLOC_REGISTER_FILE_FLAGS
+    register_file_spellings = _intel.REGISTER_FILE_SPELLINGS
+
+    def __init__(self):
+        self._open: dict[str, OclocDevice] = {}
+
+    def list_devices(self) -> list[DeviceInfo]:
         try:
-            out.append(_device_info(oc, name))
-        except KernbinError:
-            continue
-    return out
+            oc = get_ocloc()
+        except RuntimeNotFound:
+            return []
+        out = []
+        for name in LISTED:
+            try:
+                ip = oc.ip_version(name)
+            except KernbinError:
+                continue
+            out.append(DeviceInfo(target=f"ocloc:{name}", id=_device_id(oc, name, (ip,)), type="gpu (offline)",
+                                  usable=True, note="builds only",
+                                  details={"spirv": ["1.0", "1.1", "1.2", "1.3", "1.4"], "mode": oc.mode}))
+        return out
 
+    def open(self, target: Target) -> "OclocDevice":
+        """The offline compiler set up for one device (or several: one fat archive)."""
+        dev = self._open.get(target.selector)
+        if dev is None:
+            oc = get_ocloc()
+            names = tuple(target.selector.split(","))
+            if len(set(names)) != len(names):
+                raise TargetError(f"{target}: a device is named twice", str(target))
+            dev = self._open[target.selector] = OclocDevice(self, target, oc, names,
+                                                            tuple(oc.ip_version(n) for n in names))
+        return dev
 
-def _device_id(oc: Ocloc, name: str, ip: str) -> DeviceId:
-    return DeviceId(backend=BACKEND, vendor="Intel(R) Corporation", name=name, arch=ip,
-                    driver_version=oc.driver_version(), compiler_version=f"IGC {oc.igc_version()}")
-
-
-def _device_info(oc: Ocloc, name: str) -> DeviceInfo:
-    ip = oc.ip_version(name)
-    return DeviceInfo(target=f"ocloc:{name}", id=_device_id(oc, name, ip), type="gpu (offline)", usable=True,
-                      note="builds only", details={"spirv": ["1.0", "1.1", "1.2", "1.3", "1.4"], "mode": oc.mode})
-
-
-_open: dict[str, "OclocDevice"] = {}
-
-
-def open_device(target: "Target | str") -> "OclocDevice":
-    target = parse_target(target)
-    name = target.selector.lower()
-    dev = _open.get(name)
-    if dev is None:
-        oc = get_ocloc()
-        dev = _open[name] = OclocDevice(target, oc, name, oc.ip_version(name))
-    return dev
+    def can_run(self, info: BuildInfo, device: "OclocDevice") -> Fit:
+        return Fit(False, f"{device.target} is an offline target: load on a level-zero or opencl device",
+                   "offline")
 
 
 class OclocDevice(Device):
-    grf_flags = GRF_FLAGS
-
-    def __init__(self, target: Target, oc: Ocloc, name: str, ip: str):
-        self.target, self.ocloc, self.name, self.ip = target, oc, name, ip
-        self.id = _device_id(oc, name, ip)
+    def __init__(self, backend: OclocBackend, target: Target, oc: Ocloc, names: tuple[str, ...],
+                 ips: tuple[str, ...]):
+        self.backend, self.target, self.ocloc, self.names, self.ips = backend, target, oc, names, ips
+        self.name = ",".join(names)
+        self.id = _device_id(oc, self.name, ips)
 
     @property
     def handle(self):
+        """The :class:`Ocloc` runner (in-process library or command)."""
         return self.ocloc
 
-    def build(self, ir: SpirvModule, options: str = "") -> NativeBinary:
+    @property
+    def toolchain(self) -> Toolchain:
+        from .. import __version__
+        return Toolchain(BACKEND, f"IGC {self.ocloc.igc_version()}", self.ocloc.driver_version(),
+                         {"kernbin": __version__, "ocloc": self.ocloc.driver_version(),
+                          "igc": self.ocloc.igc_version(), "ocloc_mode": self.ocloc.mode})
+
+    def build(self, ir: IR, flags: tuple[str, ...] = ()) -> NativeBinary:
+        options = " ".join(flags)
+        if ir.kind != "spirv":
+            raise BuildError(BACKEND, "ocloc compile", None, None, f"ocloc builds SPIR-V, not {ir.kind}",
+                             options=options)
         args = ["compile", "-file", "kernel.spv", "-spirv_input", "-device", self.name, "--format", "zebin",
                 "-output", "kernel", "-output_no_suffix"]
         if options:
@@ -277,11 +301,18 @@ class OclocDevice(Device):
         t0 = time.perf_counter()
         rc, outputs, log = self.ocloc.invoke(args, {"kernel.spv": ir.data})
         seconds = time.perf_counter() - t0
-        binary = outputs.get("kernel")
+        binary = outputs.get("kernel") or outputs.get("kernel.ar")
         if rc != 0 or not binary:
             raise BuildError(BACKEND, call, rc, _CL_CODES.get(rc), f"build for {self.name} failed", log=log,
                              options=options)
-        z = zefmt.parse_zebin(binary)
+        fat = len(self.names) > 1
+        if fat:
+            members = {n: b for n, b in zefmt.read_ar(binary).items() if zefmt.is_zebin(b)}
+            z = zefmt.parse_zebin(next(iter(members.values())))
+            requires = zefmt.requirements(binary)
+        else:
+            z = zefmt.parse_zebin(binary)
+            requires = zefmt.requirements(binary, self.name, self.ips[0])
         spills = parse_spills(log)
         kernels = []
         for k in z.kernels:
@@ -289,20 +320,12 @@ class OclocDevice(Device):
             attrs["spill_bytes"] = spills.get(k.name, {}).get("spill_bytes", 0)
             kernels.append(KernelInfo(k.name, attrs))
         info = BuildInfo(
-            target=str(self.target), device=self.id, ir_kind=ir.kind, ir_sha256=ir.sha256, options=options,
-            binary_format="zebin", kernels=tuple(kernels),
-            tools=self._tools(), build_log=log, build_seconds=round(seconds, 6),
+            target=str(self.target), toolchain=self.toolchain, requires=requires, ir_kind=ir.kind,
+            ir_sha256=ir.sha256, options=BuildOptions(tuple(flags)), flags=tuple(flags),
+            binary_format="zebin-fat" if fat else "zebin", kernels=tuple(kernels), built_on=self.id.describe(),
+            build_log=log, build_seconds=round(seconds, 6),
             extra={"ir_embedded_in_binary": z.has_ir, **{f"note_{k}": v for k, v in z.notes.items()}})
         return NativeBinary(binary=binary, info=info, ir=ir)
 
-    def _tools(self) -> dict[str, str]:
-        from .. import __version__
-        return {"kernbin": __version__, "ocloc": self.ocloc.driver_version(), "igc": self.ocloc.igc_version(),
-                "ocloc_mode": self.ocloc.mode}
-
-    def check_native(self, binary: bytes) -> str | None:
-        return None if zefmt.is_zebin(binary) else "not a zebin (ELF for Intel GT)"
-
-    def load_native(self, native: NativeBinary):
-        raise RuntimeNotFound(f"{self.target} is an offline target: it builds binaries but cannot load them; "
-                              f"load on a level-zero or opencl GPU target of this kind")
+    def load_native(self, native: NativeBinary, payload: bytes | None = None):
+        raise OfflineTarget(str(self.target), "load on a level-zero or opencl GPU target of this kind")

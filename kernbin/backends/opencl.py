@@ -19,15 +19,18 @@ import time
 import warnings
 
 from ..artifact import BuildInfo, KernelInfo, NativeBinary
-from ..device import DeviceId
-from ..errors import BuildError, LaunchError, RuntimeAPIError, RuntimeNotFound, TargetError
-from ..formats import opencl_elf
-from ..ir import SpirvModule
-from ..target import Target, parse_target
+from ..device import DeviceId, Requirements, Toolchain, ip_version_text
+from ..errors import BuildError, InvalidBinary, LaunchError, RuntimeAPIError, RuntimeNotFound, TargetError
+from ..formats import opencl_elf, zebin as zefmt
+from ..ir import IR
+from ..options import BuildOptions
+from ..target import Target
+from . import _intel
 from ._icd import wire_intel_cpu_runtime
-from .base import Device, DeviceInfo, Kernel, LocalMemory, Module, launch_sizes
+from ._launch import HostArrays, classify
+from .base import Backend, Device, DeviceInfo, Fit, Kernel, Module
 
-__all__ = ["list_devices", "open_device", "wire_intel_cpu_runtime", "INSTALL_HINT"]
+__all__ = ["OpenCLBackend", "OpenCLDevice", "wire_intel_cpu_runtime", "INSTALL_HINT"]
 
 BACKEND = "opencl"
 INSTALL_HINT = ("install Intel's CPU OpenCL runtime: pip install intel-opencl-rt intel-cmplr-lib-rt "
@@ -110,35 +113,25 @@ def _cpu_isa() -> str:
 
 def _device_id(p: "cl.Platform", d: "cl.Device") -> DeviceId:
     is_cpu = bool(d.type & cl.device_type.CPU)
+    facts = {"platform": p.name.strip()}
     if is_cpu:
         arch = _cpu_isa()
     else:
         arch = d.name.strip()
-        try:   # cl_intel_device_attribute_query: the GPU's IP version
+        try:   # cl_intel_device_attribute_query: CL_DEVICE_IP_VERSION_INTEL
             if "cl_intel_device_attribute_query" in d.extensions:
-                arch = f"ip-{d.get_info(0x4250):#x}"
+                facts["ip_version"] = ip_version_text(int(d.get_info(0x4250)))
+                arch = f"ip {facts['ip_version']}"
         except (cl.Error, TypeError, ValueError):
             pass
     return DeviceId(backend=BACKEND, vendor=d.vendor.strip(), name=d.name.strip(), arch=arch,
                     driver_version=d.driver_version.strip(),
-                    compiler_version=f"{p.version.strip()}; {d.version.strip()}")
+                    compiler_version=f"{p.version.strip()}; {d.version.strip()}", facts=facts)
 
 
 def _type_name(d: "cl.Device") -> str:
     t = d.type
     return "cpu" if t & cl.device_type.CPU else "gpu" if t & cl.device_type.GPU else "accelerator"
-
-
-def list_devices() -> list[DeviceInfo]:
-    out = []
-    for i, (p, d) in enumerate(_platform_devices()):
-        spirv = _spirv_versions(d)
-        out.append(DeviceInfo(
-            target=f"opencl:{i}", id=_device_id(p, d), type=_type_name(d), usable=bool(spirv),
-            note="" if spirv else "no SPIR-V support (cl_khr_il_program)",
-            details={"platform": p.name.strip(),
-                     "spirv": [f"{a}.{b}" for a, b in spirv]}))
-    return out
 
 
 def _select(target: Target) -> tuple[int, "cl.Platform", "cl.Device"]:
@@ -163,37 +156,98 @@ def _select(target: Target) -> tuple[int, "cl.Platform", "cl.Device"]:
                           f"(devices seen: {seen}); {INSTALL_HINT}")
 
 
-_open: dict[int, "OpenCLDevice"] = {}
+class OpenCLBackend(Backend):
+    """OpenCL through pyopencl: SPIR-V -> ``CL_PROGRAM_BINARIES`` -> ``clCreateProgramWithBinary``."""
+    name = BACKEND
+    register_file_flags = _intel.OPENCL_REGISTER_FILE_FLAGS
+    register_file_spellings = _intel.REGISTER_FILE_SPELLINGS
 
+    def __init__(self):
+        self._open: dict[int, OpenCLDevice] = {}
 
-def open_device(target: "Target | str") -> "OpenCLDevice":
-    """A live device (context + in-order queue), shared within the process."""
-    target = parse_target(target)
-    index, p, d = _select(target)
-    dev = _open.get(index)
-    if dev is None:
-        dev = _open[index] = OpenCLDevice(target, p, d)
-    return dev
+    def list_devices(self) -> list[DeviceInfo]:
+        out = []
+        for i, (p, d) in enumerate(_platform_devices()):
+            spirv = _spirv_versions(d)
+            out.append(DeviceInfo(
+                target=f"opencl:{i}", id=_device_id(p, d), type=_type_name(d), usable=bool(spirv),
+                note="" if spirv else "no SPIR-V support (cl_khr_il_program)",
+                details={"platform": p.name.strip(), "spirv": [f"{a}.{b}" for a, b in spirv]}))
+        return out
+
+    def open(self, target: Target) -> "OpenCLDevice":
+        """A live device (context + in-order queue), shared within the process."""
+        index, p, d = _select(target)
+        dev = self._open.get(index)
+        if dev is None:
+            dev = self._open[index] = OpenCLDevice(self, target, p, d)
+        return dev
+
+    def can_run(self, info: BuildInfo, device: "OpenCLDevice") -> Fit:
+        req = info.requires
+        if req.kind == "opencl-runtime":
+            mine = device.requirements_for_own_binaries().values
+            diff = [k for k in sorted(set(req.values) | set(mine)) if req.values.get(k) != mine.get(k)]
+            if diff:
+                detail = "; ".join(f"{k} {req.values.get(k)!r} != {mine.get(k)!r}" for k in diff)
+                return Fit(False, f"built for another OpenCL runtime or device: {detail}", "runtime")
+            return Fit(True)
+        if req.kind in ("intel-gpu", "intel-gpu-fat"):
+            return _intel.can_run(info, device)
+        return Fit(False, f"an OpenCL device cannot run a {req.kind} binary", "kind")
 
 
 class OpenCLDevice(Device):
-    def __init__(self, target: Target, p: "cl.Platform", d: "cl.Device"):
-        self.target = target
+    def __init__(self, backend: OpenCLBackend, target: Target, p: "cl.Platform", d: "cl.Device"):
+        self.backend, self.target = backend, target
         self.platform, self.cl_device = p, d
         self.id = _device_id(p, d)
         self.spirv = _spirv_versions(d)
         self.context = cl.Context([d])
         self.queue = cl.CommandQueue(self.context, d)
+        self._decoder: tuple[str | None] | None = None
 
     @property
     def handle(self):
         return self.cl_device
 
-    def _tools(self) -> dict[str, str]:
+    @property
+    def toolchain(self) -> Toolchain:
         from .. import __version__
-        return {"kernbin": __version__, "pyopencl": cl.VERSION_TEXT,
-                "runtime": f"{self.platform.name.strip()} {self.platform.version.strip()}",
-                "driver": self.id.driver_version}
+        return Toolchain(BACKEND, f"{self.platform.name.strip()}: {self.id.compiler_version}", self.id.driver_version,
+                         {"kernbin": __version__, "pyopencl": cl.VERSION_TEXT})
+
+    @property
+    def register_file_flags(self):
+        """Intel GPUs have register-file modes; a CPU does not."""
+        return self.backend.register_file_flags if _type_name(self.cl_device) == "gpu" and \
+            "Intel" in self.platform.name else {}
+
+    def requirements_for_own_binaries(self, binary: bytes | None = None) -> Requirements:
+        """What a binary this device's runtime made needs: a zebin (Intel GPU) runs on any device
+        of its IP; anything else only on this exact runtime and device."""
+        if binary is not None and zefmt.is_zebin(binary) and self.id.facts.get("ip_version"):
+            return zefmt.requirements(binary, self.id.name, self.id.facts["ip_version"])
+        return Requirements("opencl-runtime", {"platform": self.platform.name.strip(), "device": self.id.name,
+                                               "arch": self.id.arch, "driver": self.id.driver_version,
+                                               "runtime": self.id.compiler_version})
+
+    def zebin_decoder_version(self) -> str | None:
+        """The ``.ze_info`` version this runtime writes (and so decodes), found once by building a
+        tiny kernel; None when its binaries are not zebin."""
+        if self._decoder is None:
+            version = None
+            try:
+                from ..samples import probe_spirv
+                prg = _cl._create_program_with_il(self.context, probe_spirv())
+                _quiet_build(prg, "", self.cl_device)
+                binary = bytes(prg.get_info(cl.program_info.BINARIES)[0])
+                if zefmt.is_zebin(binary):
+                    version = zefmt.parse_zebin(binary).ze_info_version or None
+            except Exception:        # noqa: BLE001 - unknown stays unknown
+                version = None
+            self._decoder = (version,)
+        return self._decoder[0]
 
     def _build_log(self, prg) -> str:
         try:
@@ -201,7 +255,11 @@ class OpenCLDevice(Device):
         except cl.Error:
             return ""
 
-    def build(self, ir: SpirvModule, options: str = "") -> NativeBinary:
+    def build(self, ir: IR, flags: tuple[str, ...] = ()) -> NativeBinary:
+        options = " ".join(flags)
+        if ir.kind != "spirv":
+            raise BuildError(BACKEND, "clCreateProgramWithIL", None, None,
+                             f"OpenCL builds SPIR-V, not {ir.kind}", options=options)
         if ir.version not in self.spirv:
             accepted = ", ".join(f"{a}.{b}" for a, b in self.spirv)
             raise BuildError(BACKEND, "clCreateProgramWithIL", None, None,
@@ -218,23 +276,31 @@ class OpenCLDevice(Device):
             raise _api_error(e, "clBuildProgram", BuildError, log=self._build_log(prg),
                              options=options) from None
         seconds = time.perf_counter() - t0
-        binary = prg.get_info(cl.program_info.BINARIES)[0]
+        binary = bytes(prg.get_info(cl.program_info.BINARIES)[0])
         kernels = tuple(KernelInfo(k.function_name, _kernel_attributes(k, self.cl_device))
                         for k in prg.all_kernels())
-        info = BuildInfo(target=str(self.target), device=self.id, ir_kind=ir.kind, ir_sha256=ir.sha256,
-                         options=options, binary_format=self._binary_format(), kernels=kernels,
-                         tools=self._tools(), build_log=self._build_log(prg), build_seconds=round(seconds, 6))
-        return NativeBinary(binary=bytes(binary), info=info, ir=ir)
+        fmt = "zebin" if zefmt.is_zebin(binary) else self._binary_format()
+        info = BuildInfo(target=str(self.target), toolchain=self.toolchain,
+                         requires=self.requirements_for_own_binaries(binary), ir_kind=ir.kind,
+                         ir_sha256=ir.sha256, options=BuildOptions(tuple(flags)), flags=tuple(flags),
+                         binary_format=fmt, kernels=kernels, built_on=self.id.describe(),
+                         build_log=self._build_log(prg), build_seconds=round(seconds, 6))
+        return NativeBinary(binary=binary, info=info, ir=ir)
 
     def _binary_format(self) -> str:
         return "opencl-cpu-elf" if _type_name(self.cl_device) == "cpu" else "opencl-binary"
 
-    def check_native(self, binary: bytes) -> str | None:
+    def payload(self, native: NativeBinary, fit: Fit) -> bytes:
+        if native.info.requires.kind in ("intel-gpu", "intel-gpu-fat"):
+            return _intel.payload(native.binary, fit)
         if self._binary_format() == "opencl-cpu-elf" and "Intel" in self.platform.name:
-            return opencl_elf.quick_check(binary)
-        return None if binary else "empty binary"
+            problem = opencl_elf.quick_check(native.binary)
+            if problem:
+                raise InvalidBinary(problem, rule="device-binary")
+        return super().payload(native, fit)
 
-    def load_ir(self, ir: SpirvModule, options: str = "") -> "OpenCLModule":
+    def load_ir(self, ir: IR, flags: tuple[str, ...] = ()) -> "OpenCLModule":
+        options = " ".join(flags)
         try:
             prg = _cl._create_program_with_il(self.context, ir.data)
             _quiet_build(prg, options, self.cl_device)
@@ -242,24 +308,25 @@ class OpenCLDevice(Device):
             raise _api_error(e, cls=BuildError, options=options) from None
         return OpenCLModule(self, None, prg)
 
-    def load_binary(self, binary: bytes, options: str = "") -> "OpenCLModule":
+    def load_binary(self, binary: bytes, flags: tuple[str, ...] = ()) -> "OpenCLModule":
         try:
             prg = _cl._Program(self.context, [self.cl_device], [binary])
-            _quiet_build(prg, options, self.cl_device)
+            _quiet_build(prg, " ".join(flags), self.cl_device)
         except cl.Error as e:
             raise _api_error(e) from None
         return OpenCLModule(self, None, prg)
 
-    def load_native(self, native: NativeBinary) -> "OpenCLModule":
+    def load_native(self, native: NativeBinary, payload: bytes | None = None) -> "OpenCLModule":
+        data = native.binary if payload is None else payload
+        options = native.info.flags_text
         try:
-            prg = _cl._Program(self.context, [self.cl_device], [native.binary])
+            prg = _cl._Program(self.context, [self.cl_device], [data])
         except cl.Error as e:
             raise _api_error(e, "clCreateProgramWithBinary") from None
         try:
-            _quiet_build(prg, native.info.options, self.cl_device)
+            _quiet_build(prg, options, self.cl_device)
         except cl.Error as e:
-            raise _api_error(e, "clBuildProgram", BuildError, log=self._build_log(prg),
-                             options=native.info.options) from None
+            raise _api_error(e, "clBuildProgram", BuildError, log=self._build_log(prg), options=options) from None
         return OpenCLModule(self, native, prg)
 
 
@@ -296,6 +363,7 @@ class OpenCLModule(Module):
 
     @property
     def handle(self):
+        """The ``cl_program`` (pyopencl object)."""
         return self.program
 
     @property
@@ -322,36 +390,30 @@ class OpenCLKernel(Kernel):
             self._attributes = _kernel_attributes(self.handle, self.device.cl_device)
         return dict(self._attributes)
 
-    def launch(self, global_size, local_size, *args) -> None:
-        gs, ls = launch_sizes(global_size, "global size"), launch_sizes(local_size, "local size")
-        if ls is not None and len(ls) != len(gs):
-            raise LaunchError(f"local size {ls} and global size {gs} differ in dimensions")
-        if len(args) != self._num_args:
-            raise LaunchError(f"kernel {self.name} takes {self._num_args} arguments, {len(args)} given")
-        ctx, queue = self.device.context, self.device.queue
-        mf = cl.mem_flags
-        cl_args, copy_back = [], []
-        for i, a in enumerate(args):
-            if isinstance(a, np.ndarray):
-                if not a.flags.c_contiguous:
-                    raise LaunchError(f"argument {i}: array must be C-contiguous")
-                buf = cl.Buffer(ctx, mf.READ_WRITE | mf.COPY_HOST_PTR, hostbuf=a) if a.nbytes else \
-                    cl.Buffer(ctx, mf.READ_WRITE, 1)
-                cl_args.append(buf)
-                if a.flags.writeable and a.nbytes:
-                    copy_back.append((a, buf))
-            elif isinstance(a, LocalMemory):
-                cl_args.append(cl.LocalMemory(a.nbytes))
-            elif isinstance(a, np.generic):
-                cl_args.append(a)
-            else:
-                raise LaunchError(f"argument {i}: pass numpy arrays, numpy scalars (e.g. np.int32(n)) "
-                                  f"or kernbin.LocalMemory, not {type(a).__name__}")
+    def _launch(self, gs, ls, config, args) -> None:
+        plan = classify(args, self._num_args, self.name)
+        ctx, queue, mf = self.device.context, self.device.queue, cl.mem_flags
+        queue = config.stream if config is not None and config.stream is not None else queue
+        if config is not None and config.shared_mem_bytes:
+            raise LaunchError("OpenCL kernels take local memory as kernbin.LocalMemory arguments, "
+                              "not as LaunchConfig.shared_mem_bytes")
         try:
-            self.handle.set_args(*cl_args)
-            cl.enqueue_nd_range_kernel(queue, self.handle, gs, ls)
-            for a, buf in copy_back:
-                cl.enqueue_copy(queue, a, buf)
-            queue.finish()
+            with HostArrays(alloc=lambda n: cl.Buffer(ctx, mf.READ_WRITE, n),
+                            write=lambda buf, a: cl.enqueue_copy(queue, buf, a, is_blocking=False),
+                            read=lambda buf, a: cl.enqueue_copy(queue, a, buf, is_blocking=False)) as host:
+                cl_args = []
+                for kind, value in plan:
+                    if kind == "array":
+                        cl_args.append(host.device(value))
+                    elif kind == "local":
+                        cl_args.append(cl.LocalMemory(value))
+                    elif kind == "scalar":
+                        cl_args.append(value[()])
+                    else:
+                        raise LaunchError("OpenCL takes buffers, not raw device pointers")
+                self.handle.set_args(*cl_args)
+                cl.enqueue_nd_range_kernel(queue, self.handle, gs, ls)
+                host.copy_back()
+                queue.finish()
         except cl.Error as e:
             raise _api_error(e) from None

@@ -1,17 +1,16 @@
-"""Cache keys: a SHA-256 of everything that changes the native binary.
+"""Cache keys: a SHA-256 of everything that changes the native binary ("built by").
 
 See ``docs/cache.md`` for the reason behind each part. In short:
 
 - ``ir``: the IR's content hash -- different code, different binary;
-- ``backend``: the runtime that built it (the target's backend, not its selector:
-  ``opencl:0`` and ``opencl:cpu`` may name the same device, the device part pins it);
-- ``device``: every field of the compatibility rule (vendor, arch, name, driver and
-  compiler versions) -- a binary is only valid where the rule says it is;
-- ``options``: the build options, exactly as passed to the compiler;
-- ``policy``: the register-file policy or any other kernbin-side choice that changes
-  the flags (empty when none applies);
-- ``format``: kernbin's ``.knb`` version and this key scheme's version.
+- ``toolchain``: backend, compiler and driver (:meth:`~kernbin.device.Toolchain.key`) -- a
+  different compiler makes different code;
+- ``device``: the fingerprint of the device the build was for (name, arch, IP version ...);
+- ``options``: :meth:`~kernbin.options.BuildOptions.key` -- the flags asked for and the
+  register-file policy;
+- ``format``: the ``.knb`` version and this key scheme's version.
 
+Whether a binary may *run* somewhere is not the key's business (that is the load gate's).
 Nothing else: no clock rate, hostname, time or path.
 """
 
@@ -20,24 +19,23 @@ from __future__ import annotations
 import hashlib
 
 from ..artifact import KNB_VERSION, BuildInfo
-from ..device import COMPAT_FIELDS, DeviceId
+from ..device import Toolchain
+from ..options import BuildOptions
 
 __all__ = ["CACHE_FORMAT", "cache_key", "key_for_info"]
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 
 
-def cache_key(ir_sha256: str, backend: str, device: DeviceId, options: str, policy: str = "") -> str:
+def cache_key(ir_sha256: str, toolchain: Toolchain, device_fingerprint: str, options: BuildOptions) -> str:
     # Length-prefixed fields: unambiguous whatever the strings contain, and cheap
     # (this runs on every cache read to check the entry belongs to its key).
-    fields = (f"kernbin-cache/{KNB_VERSION}/{CACHE_FORMAT}", ir_sha256, backend,
-              *(getattr(device, f) for f in COMPAT_FIELDS), options, policy)
+    fields = (f"kernbin-cache/{KNB_VERSION}/{CACHE_FORMAT}", ir_sha256, toolchain.key(), device_fingerprint,
+              options.key())
     canon = "".join(f"{len(x)}:{x};" for x in fields)
-    return hashlib.sha256(canon.encode()).hexdigest()
+    return hashlib.sha256(canon.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def key_for_info(info: BuildInfo) -> str:
     """The key an entry with this build info belongs under (checked on every read)."""
-    requested = info.extra.get("requested_options", info.options)   # the policy may have added flags
-    return cache_key(info.ir_sha256, info.device.backend, info.device, str(requested),
-                     str(info.extra.get("policy", "")))
+    return cache_key(info.ir_sha256, info.toolchain, info.device_fingerprint, info.options)

@@ -21,7 +21,8 @@ import re
 import time
 from contextlib import contextmanager
 
-from ..artifact import NativeBinary, atomic_write
+from .._fs import atomic_write
+from ..artifact import NativeBinary
 from ..errors import InvalidBinary, KernbinError
 from .key import key_for_info
 

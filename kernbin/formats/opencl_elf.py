@@ -42,15 +42,20 @@ def describe(binary: bytes) -> dict:
     """Sections and their sizes, the embedded object's machine and symbols."""
     reason = quick_check(binary)
     if reason:
-        raise InvalidBinary(reason)
+        raise InvalidBinary(reason, rule="device-binary")
     from elftools.common.exceptions import ELFError
     from elftools.elf.elffile import ELFFile
     try:
         elf = ELFFile(io.BytesIO(binary))
-        sections = {s.name: s.data_size for s in elf.iter_sections() if s.name}
+        sections = {}
+        for s in elf.iter_sections():
+            if s["sh_type"] != "SHT_NOBITS" and s["sh_offset"] + s["sh_size"] > len(binary):
+                raise InvalidBinary(f"section {s.name or '?'} lies outside the file", rule="device-binary")
+            if s.name:
+                sections[s.name] = s.data_size
         missing = [s for s in _REQUIRED if s not in sections]
         if missing:
-            raise InvalidBinary(f"CPU OpenCL binary lacks section(s) {', '.join(missing)}")
+            raise InvalidBinary(f"CPU OpenCL binary lacks section(s) {', '.join(missing)}", rule="device-binary")
         out = {"format": "opencl-cpu-elf", "sections": sections}
         ver = elf.get_section_by_name(".ocl.ver")
         if ver is not None and ver.data_size >= 4:
@@ -62,5 +67,8 @@ def describe(binary: bytes) -> dict:
             out["symbols"] = sorted({s.name for s in symtab.iter_symbols()
                                      if s.name and s["st_info"]["type"] == "STT_FUNC"})
         return out
-    except (ELFError, struct.error, ValueError, KeyError, AttributeError) as e:
-        raise InvalidBinary(f"malformed CPU OpenCL ELF: {e}") from None
+    except InvalidBinary:
+        raise
+    except (ELFError, struct.error, ValueError, KeyError, AttributeError, OverflowError, TypeError,
+            IndexError, MemoryError, RecursionError) as e:
+        raise InvalidBinary(f"malformed CPU OpenCL ELF: {type(e).__name__}: {e}", rule="device-binary") from None

@@ -19,10 +19,11 @@ import io
 import struct
 from dataclasses import dataclass, field
 
+from ..device import Requirements
 from ..errors import InvalidBinary
 
 __all__ = ["EM_INTELGT", "ZebinKernel", "Zebin", "parse_zebin", "is_zebin", "AR_MAGIC", "read_ar",
-           "is_fat", "select_from_fat"]
+           "is_fat", "select_from_fat", "requirements", "intel_gpu_can_run"]
 
 EM_INTELGT = 205
 _ET_OK = (1, 2, 3, 0xFF11, 0xFF12, 0xFF13)      # REL/EXEC/DYN and the ZEBIN_* variants
@@ -227,3 +228,83 @@ def select_from_fat(data: bytes, ip_version: str, names: tuple[str, ...] = ()) -
             return candidate, members[candidate]
     devices = [m for m in members if not m.startswith("pad_") and m != "generic_ir"]
     raise InvalidBinary(f"fat binary has no entry for {ip_version} (has: {', '.join(devices) or 'none'})")
+
+
+# -- the Intel GPU runs-on rule ------------------------------------------------------------
+
+def _version_tuple(text) -> tuple[int, int] | None:
+    parts = str(text).split(".")
+    if len(parts) < 2 or not all(p.isdigit() and len(p) <= 6 for p in parts[:2]):
+        return None
+    return int(parts[0]), int(parts[1])
+
+
+def _member_ip(name: str) -> str | None:
+    """``64.12.60.7`` -> ``12.60.7`` (ocloc names fat-archive members ``<pointer bits>.<ip>``)."""
+    parts = name.split(".")
+    if len(parts) == 4 and all(p.isdigit() for p in parts) and parts[0] in ("32", "64"):
+        return ".".join(parts[1:])
+    return None
+
+
+def requirements(data: bytes, device: str = "", ip_version: str | None = None) -> Requirements:
+    """What a zebin (or an ocloc fat archive of zebins) needs from a device. ``ip_version`` is
+    the IP the builder targeted (ocloc knows it; a driver-made zebin has its device's)."""
+    if is_fat(data):
+        members = []
+        for name, body in read_ar(data).items():
+            ip = _member_ip(name)
+            if ip is None or not is_zebin(body):
+                continue
+            z = parse_zebin(body)
+            members.append({"member": name, "ip_version": ip, "ze_info_version": z.ze_info_version,
+                            "device": name})
+        if not members:
+            raise InvalidBinary("fat binary holds no zebin for a named IP version", rule="fat-members")
+        return Requirements("intel-gpu-fat", {"members": members})
+    z = parse_zebin(data)
+    values = {"ip_version": ip_version or "", "ze_info_version": z.ze_info_version, "device": device}
+    for k in ("product_family", "gfx_core_family"):
+        if k in z.notes:
+            values[k] = z.notes[k]
+    return Requirements("intel-gpu", values)
+
+
+def intel_gpu_can_run(req: Requirements, ip_version: str | None, decoder_version: str | None
+                      ) -> tuple[bool, str, str, str | None]:
+    """NEO's rule for a zebin, applied before the driver sees the bytes.
+
+    - the device's IP version must equal the one the zebin was built for (a product config
+      pins it exactly; NEO's compatibility map is only behind a debug flag);
+    - the ``.ze_info`` major version must equal the runtime decoder's and the minor must not be
+      newer (a newer minor is only a warning in NEO, and such binaries crashed an older runtime
+      in ``zeModuleGetKernelNames``). ``decoder_version`` None = unknown (not checked).
+
+    Returns ``(ok, rule, reason, member)``; ``member`` names the fat-archive member to load.
+    """
+    if req.kind == "intel-gpu-fat":
+        members = [m for m in req.get("members", []) if isinstance(m, dict)]
+        reasons = []
+        for m in members:
+            ok, rule, reason, _ = intel_gpu_can_run(Requirements("intel-gpu", m), ip_version, decoder_version)
+            if ok:
+                return True, "", "", str(m.get("member"))
+            reasons.append(reason)
+        have = ", ".join(str(m.get("ip_version")) for m in members) or "none"
+        return False, "ip-version", f"fat binary has no member for IP {ip_version} (has: {have})", None
+    if req.kind != "intel-gpu":
+        return False, "kind", f"not an Intel GPU binary ({req.kind})", None
+    want = req.get("ip_version")
+    if not ip_version:
+        return False, "ip-version", "the device reports no Intel IP version", None
+    if want != ip_version:
+        return False, "ip-version", f"built for IP {want} ({req.get('device') or '?'}), device is IP {ip_version}", None
+    if decoder_version is not None:
+        have, dec = _version_tuple(req.get("ze_info_version", "")), _version_tuple(decoder_version)
+        if have is None:
+            return False, "zebin-version", f"zebin has no readable .ze_info version ({req.get('ze_info_version')!r})", None
+        if dec is not None and (have[0] != dec[0] or have[1] > dec[1]):
+            return False, "zebin-version", (f".ze_info version {have[0]}.{have[1]} is newer than or foreign to what "
+                                            f"this runtime decodes ({dec[0]}.{dec[1]}): an older runtime can crash "
+                                            f"on it"), None
+    return True, "", "", None

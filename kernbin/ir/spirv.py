@@ -1,4 +1,4 @@
-"""IR kinds kernbin builds from, with validation and stable hashing.
+"""SPIR-V modules: validation and stable hashing.
 
 SPIR-V is checked far enough to trust its header and walk its instruction
 stream: magic (either byte order), version, word alignment, every instruction's
@@ -13,9 +13,9 @@ import os
 import struct
 from dataclasses import dataclass, field
 
-from .errors import InvalidIR
+from ..errors import InvalidIR
 
-__all__ = ["SpirvModule", "read_ir", "SPIRV_MAGIC"]
+__all__ = ["SpirvModule", "SPIRV_MAGIC", "looks_like_spirv"]
 
 SPIRV_MAGIC = 0x07230203
 _OP_ENTRY_POINT = 15
@@ -103,10 +103,6 @@ class SpirvModule:
                    entry_points=tuple(entry_points))
 
 
-def read_ir(data_or_path) -> SpirvModule:
-    """Read IR from bytes or a path; the kind is recognised from the content."""
-    if isinstance(data_or_path, SpirvModule):
-        return data_or_path
-    if isinstance(data_or_path, (bytes, bytearray, memoryview)):
-        return SpirvModule.from_bytes(bytes(data_or_path))
-    return SpirvModule.from_file(data_or_path)
+def looks_like_spirv(data: bytes) -> bool:
+    """True when ``data`` starts with the SPIR-V magic number (either byte order)."""
+    return bytes(data[:4]) in (b"\x03\x02\x23\x07", b"\x07\x23\x02\x03")

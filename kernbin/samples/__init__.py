@@ -9,9 +9,10 @@ import os
 from dataclasses import dataclass
 from typing import Callable
 
+
 import numpy as np
 
-__all__ = ["Sample", "Launch", "SAMPLES", "spv_path"]
+__all__ = ["Sample", "Launch", "SAMPLES", "spv_path", "probe_spirv"]
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -45,6 +46,12 @@ class Sample:
 
 def spv_path(name: str) -> str:
     return os.path.join(HERE, f"{name}.spv")
+
+
+def probe_spirv() -> bytes:
+    """A tiny valid SPIR-V module (the vector add) for probing what a runtime makes of it."""
+    with open(spv_path("vadd"), "rb") as f:
+        return f.read()
 
 
 def _f32(rng, *shape):

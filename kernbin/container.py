@@ -1,0 +1,453 @@
+"""The verified container: a JSON header and named byte sections, every byte checked.
+
+Owns the *layout* that ``.knb`` files (one native binary + its IR) and bundles (many
+blobs, read lazily through mmap) share; it knows nothing about what the sections hold.
+The spec is ``docs/container-format.md``; each rule there is a ``ContainerError.rule``.
+
+- :func:`pack` builds a container in memory.
+- :meth:`Container.parse` reads one from a buffer (bytes, bytearray, memoryview, mmap):
+  the prefix, header digest, JSON and the whole section table are checked up front;
+  each section's digest is checked on its first :meth:`Container.section` access, so a
+  bundle pays only for the blobs it uses.
+- :meth:`Container.read` reads one from a file object, each section straight into its own
+  buffer (no copy of the whole file), and verifies every section while it is at it; a
+  section that fails its digest is listed in :attr:`Container.bad` instead of failing the
+  read, so that a caller can still use the intact ones (the ``.knb`` IR fallback).
+
+The digest is BLAKE3-256 (chosen by measurement, see ``benchmarks/digest.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import marshal
+import math
+import mmap
+import os
+import re
+import struct
+from typing import Callable, Collection
+
+from blake3 import blake3
+
+from .errors import InvalidBinary
+
+__all__ = ["pack", "Container", "ContainerError", "RULES", "MAX_HEADER", "MAX_ALIGN", "DIGEST",
+           "PREFIX_FORMAT", "PREFIX_SIZE", "NAME_PATTERN"]
+
+MAX_HEADER = 1 << 20                 # default cap on the JSON header: 1 MiB
+MAX_ALIGN = 1 << 16                  # largest section alignment (a power of two)
+DIGEST = "blake3"                    # the only digest this version of the layout knows
+PREFIX_FORMAT = "<8sII32s"           # magic, format version, header length, header digest
+_PREFIX = struct.Struct(PREFIX_FORMAT)
+PREFIX_SIZE = _PREFIX.size           # 48
+NAME_PATTERN = r"[A-Za-z0-9._:+-]{1,128}"
+_NAME = re.compile(NAME_PATTERN)
+_HEX = re.compile(r"[0-9a-f]{64}")
+_HEADER_KEYS = frozenset(("align", "digest", "meta", "sections"))
+_ENTRY_KEYS = frozenset(("name", "offset", "size", "digest"))
+_U32 = 0xFFFFFFFF
+
+#: every value ``ContainerError.rule`` can take
+RULES = ("magic", "version", "header-size", "header-digest", "header-json", "section-table",
+         "section-name", "section-bounds", "section-digest", "truncated", "trailing-data", "padding")
+
+
+class ContainerError(InvalidBinary):
+    """A container broke one rule of the format (or :func:`pack` was asked to break one).
+
+    ``rule`` is a stable identifier from :data:`RULES`; ``section`` names the section at
+    fault, or is None. Check these attributes, not the message.
+    """
+
+    def __init__(self, rule: str, reason: str, *, section: str | None = None, build_info=None, ir=None):
+        super().__init__(f"[{rule}] {reason}", build_info=build_info, ir=ir)
+        self.rule = rule            # after super(): InvalidBinary may set a default ``rule`` of its own
+        self.section = section
+
+
+def _round_up(n: int, align: int) -> int:
+    return (n + align - 1) & -align
+
+
+# -- writing --------------------------------------------------------------------------------
+def pack(magic: bytes, version: int, header: dict, sections: list[tuple[str, bytes]], *,
+         align: int = 1, max_header: int = MAX_HEADER) -> bytes:
+    """The bytes of a container holding ``header`` (any JSON-able dict, stored as ``meta``)
+    and ``sections`` in the given order, each starting at a multiple of ``align``.
+    Raises :class:`ContainerError` for what a reader would refuse (bad name, header too big...)."""
+    _check_magic_arg(magic)
+    if not isinstance(version, int) or isinstance(version, bool) or not 0 <= version <= _U32:
+        raise ContainerError("version", f"version must be a u32, got {version!r}")
+    if not isinstance(header, dict):
+        raise ContainerError("header-json", f"header must be a dict, got {type(header).__name__}")
+    _check_align(align)
+    entries, blobs, seen, end = [], [], set(), 0
+    for name, data in sections:
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            raise ContainerError("section-name", f"illegal section name {name!r}", section=_str_or_none(name))
+        if name in seen:
+            raise ContainerError("section-name", f"duplicate section name {name!r}", section=name)
+        seen.add(name)
+        data = memoryview(data).cast("B")
+        offset = _round_up(end, align)
+        if offset > end:
+            blobs.append(bytes(offset - end))
+        entries.append({"name": name, "offset": offset, "size": len(data), "digest": blake3(data).hexdigest()})
+        blobs.append(data)
+        end = offset + len(data)
+    doc = {"align": align, "digest": DIGEST, "meta": header, "sections": entries}
+    try:
+        hbytes = json.dumps(doc, separators=(",", ":"), sort_keys=True, ensure_ascii=False,
+                            allow_nan=False).encode("utf-8")
+    except (TypeError, ValueError, RecursionError) as e:   # not JSON-able, NaN, lone surrogate
+        raise ContainerError("header-json", f"header cannot be stored as strict JSON: {e}") from None
+    if len(hbytes) > min(max_header, _U32):
+        raise ContainerError("header-size", f"header of {len(hbytes)} bytes exceeds the {max_header}-byte limit")
+    hend = PREFIX_SIZE + len(hbytes)
+    pad = bytes(_round_up(hend, align) - hend)
+    prefix = _PREFIX.pack(magic, version, len(hbytes), blake3(hbytes).digest())
+    return b"".join([prefix, hbytes, pad, *blobs])
+
+
+def _str_or_none(name) -> str | None:
+    return name if isinstance(name, str) else None
+
+
+def _check_magic_arg(magic) -> None:
+    if not isinstance(magic, bytes) or len(magic) != 8:
+        raise ContainerError("magic", f"magic must be 8 bytes, got {magic!r}")
+
+
+def _check_align(align) -> None:
+    if (not isinstance(align, int) or isinstance(align, bool) or not 1 <= align <= MAX_ALIGN
+            or align & (align - 1)):
+        raise ContainerError("section-table", f"align must be a power of two from 1 to {MAX_ALIGN}, got {align!r}")
+
+
+# -- reading: the checks shared by parse() and read() --------------------------------------
+def _check_prefix(prefix, total: int, magic: bytes, versions, max_header: int) -> tuple[int, int, bytes]:
+    """(version, header length, header digest) from the first bytes; checks all but the digest."""
+    if total >= PREFIX_SIZE and len(prefix) >= PREFIX_SIZE:
+        found, version, hlen, hdigest = _PREFIX.unpack_from(prefix)
+        if found != magic:
+            raise ContainerError("magic", "bad magic: not this kind of file")
+    else:
+        head = bytes(prefix[:8])
+        if head != magic[:len(head)]:
+            raise ContainerError("magic", "bad magic: not this kind of file")
+        raise ContainerError("truncated", f"file of {total} bytes is shorter than the {PREFIX_SIZE}-byte prefix")
+    if version not in versions:
+        raise ContainerError("version", f"unsupported format version {version} (reads {sorted(versions)})")
+    if hlen > max_header:
+        raise ContainerError("header-size", f"header length {hlen} exceeds the {max_header}-byte limit")
+    if PREFIX_SIZE + hlen > total:
+        raise ContainerError("truncated", f"header needs {PREFIX_SIZE + hlen} bytes, file has {total}")
+    return version, hlen, hdigest
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"number {text} overflows a double")
+    return value
+
+
+def _unique_keys(pairs: list) -> dict:
+    d = dict(pairs)
+    if len(d) != len(pairs):
+        raise ValueError("duplicate key in an object")
+    return d
+
+
+# Strict JSON: no NaN/Infinity, no number that overflows to inf, no duplicate keys.
+_DECODER = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite, object_pairs_hook=_unique_keys)
+
+
+def _decode_header(hbytes: bytes) -> dict:
+    try:
+        doc = _DECODER.decode(hbytes.decode("utf-8"))   # never bytes to json: it would guess UTF-16/32
+        if b"\\" in hbytes:          # escapes present: refuse "\ud800" (a lone surrogate is not text)
+            json.dumps(doc, ensure_ascii=False).encode("utf-8")
+    except Exception as e:           # UnicodeError, ValueError, RecursionError (deep nesting), ...
+        raise ContainerError("header-json", f"header is not strict UTF-8 JSON: {type(e).__name__}: {e}") from None
+    if type(doc) is not dict:
+        raise ContainerError("header-json", f"header must be a JSON object, got {type(doc).__name__}")
+    if doc.keys() != _HEADER_KEYS:
+        raise ContainerError("header-json", f"header keys must be {sorted(_HEADER_KEYS)}, got {sorted(doc)}")
+    if doc["digest"] != DIGEST:
+        raise ContainerError("header-json", f"unknown digest {doc['digest']!r} (this reader knows {DIGEST!r})")
+    if type(doc["meta"]) is not dict:
+        raise ContainerError("header-json", "'meta' must be a JSON object")
+    return doc
+
+
+def _int(v) -> bool:
+    return type(v) is int and v >= 0
+
+
+def _check_table(sections, align: int) -> tuple[list, int]:
+    """Validate the whole section table: types, names, order, alignment, no holes or overlaps.
+
+    Returns ([(name, offset, size, digest bytes)], end of the last section). Nothing is read."""
+    if type(sections) is not list:
+        raise ContainerError("section-table", "'sections' must be a list")
+    out, seen, end = [], set(), 0
+    for i, s in enumerate(sections):
+        if type(s) is not dict or s.keys() != _ENTRY_KEYS:
+            raise ContainerError("section-table", f"section entry {i} must be an object with keys "
+                                 f"{sorted(_ENTRY_KEYS)}")
+        name, offset, size, hexd = s["name"], s["offset"], s["size"], s["digest"]
+        if type(name) is not str or not _NAME.fullmatch(name):
+            raise ContainerError("section-name", f"section entry {i} has an illegal name {name!r}",
+                                 section=_str_or_none(name))
+        if name in seen:
+            raise ContainerError("section-name", f"duplicate section name {name!r}", section=name)
+        seen.add(name)
+        if not _int(offset) or not _int(size):
+            raise ContainerError("section-table", f"section {name!r}: offset and size must be non-negative "
+                                 f"integers, got {offset!r} and {size!r}", section=name)
+        if type(hexd) is not str or not _HEX.fullmatch(hexd):
+            raise ContainerError("section-table", f"section {name!r}: digest must be 64 lowercase hex digits",
+                                 section=name)
+        expected = _round_up(end, align)
+        if offset != expected:
+            why = ("overlaps the previous section" if offset < end else
+                   "is not a multiple of the alignment" if offset % align else "leaves a hole")
+            raise ContainerError("section-bounds", f"section {name!r} at offset {offset} {why} "
+                                 f"(expected {expected}, align {align})", section=name)
+        end = offset + size
+        out.append((name, offset, size, bytes.fromhex(hexd)))
+    return out, end
+
+
+class _Layout:
+    """What a header says, checked: derived from the header bytes alone, so it is cached by
+    header digest, with the bytes that were verified to have that digest (a later header equal
+    to them needs no hashing). ``meta`` is kept as a marshal snapshot of our own parse (never
+    of file bytes) so that every container gets its own fresh dict."""
+
+    __slots__ = ("hbytes", "meta_snapshot", "align", "table", "index", "names", "start", "end")
+
+    def __init__(self, hbytes: bytes, meta: dict, align: int, table: list, end: int):
+        hlen = len(hbytes)
+        self.hbytes = hbytes                    # known to hash to the digest it is cached under
+        self.meta_snapshot = marshal.dumps(meta)
+        self.align = align
+        self.table = tuple(table)
+        self.index = {e[0]: e for e in table}
+        self.names = tuple(self.index)
+        self.start = _round_up(PREFIX_SIZE + hlen, align)     # absolute offset of the payload
+        self.end = self.start + end                            # = the exact file length
+
+    def check_length(self, total: int) -> None:
+        """The file must end exactly where the last section (or, with none, the padding) ends."""
+        if total == self.end:
+            return
+        if total > self.end:
+            raise ContainerError("trailing-data", f"{total - self.end} bytes after the last section")
+        cut = next((n for n, off, size, _ in self.table if self.start + off + size > total), None)
+        raise ContainerError("truncated", f"the header describes a {self.end}-byte file, it has {total}",
+                             section=cut)
+
+
+_LAYOUTS: dict[bytes, _Layout] = {}
+_LAYOUT_CACHE_ENTRIES = 256
+_LAYOUT_CACHE_MAX_HEADER = 16 << 10          # at most 256 x 16 KiB of cached headers
+
+
+def _layout(hbytes: bytes, hdigest: bytes, total: int) -> tuple[_Layout, dict]:
+    """The checked layout and a fresh ``meta`` dict for a header: from the cache when these exact
+    bytes were verified before, else digest check ("header-digest" first), JSON and table."""
+    layout = _LAYOUTS.get(hdigest)
+    if layout is not None and layout.hbytes == hbytes:   # these bytes were hashed to hdigest before
+        layout.check_length(total)
+        return layout, marshal.loads(layout.meta_snapshot)
+    if blake3(hbytes).digest() != hdigest:
+        raise ContainerError("header-digest", "header digest mismatch (corrupted header)")
+    doc = _decode_header(hbytes)
+    align = doc["align"]
+    _check_align(align)
+    table, end = _check_table(doc["sections"], align)
+    try:
+        layout = _Layout(hbytes, doc["meta"], align, table, end)
+    except (ValueError, RecursionError) as e:      # marshal's depth limit, under a raised recursion limit
+        raise ContainerError("header-json", f"header nests too deeply: {e}") from None
+    layout.check_length(total)
+    if len(hbytes) <= _LAYOUT_CACHE_MAX_HEADER:
+        if len(_LAYOUTS) >= _LAYOUT_CACHE_ENTRIES:
+            try:
+                del _LAYOUTS[next(iter(_LAYOUTS))]
+            except (KeyError, RuntimeError, StopIteration):    # another thread got there first
+                pass
+        _LAYOUTS[hdigest] = layout
+    return layout, doc["meta"]
+
+
+def _gaps(hend: int, start: int, table: list):
+    """(absolute start, length) of every padding run: after the header, between sections."""
+    if start > hend:
+        yield hend, start - hend
+    prev = 0
+    for _, offset, size, _ in table:
+        if offset > prev:
+            yield start + prev, offset - prev
+        prev = offset + size
+
+
+def _read_exact(read: Callable[[int], bytes], n: int) -> bytes:
+    """``n`` bytes from ``read``, looping over short reads; "truncated" if the file ends first."""
+    data = read(n)
+    if data is not None and len(data) == n:        # the common case: one call
+        return data
+    parts, got = [data or b""], len(data or b"")
+    while got < n:
+        chunk = read(n - got)
+        if not chunk:
+            raise ContainerError("truncated", f"file ended after {got} of {n} bytes")
+        parts.append(chunk)
+        got += len(chunk)
+    return b"".join(parts)
+
+
+class Container:
+    """A parsed, structurally verified container. Build one with :meth:`parse` or :meth:`read`.
+
+    ``meta`` is the caller's header dict (a fresh one per container), ``version`` the format
+    version found in the prefix, ``names`` the section names in file order."""
+
+    __slots__ = ("version", "meta", "header_digest", "_layout", "_buf", "_verified", "_bad")
+
+    def __init__(self, version: int, meta: dict, header_digest: bytes, layout: _Layout, buf,
+                 verified: dict, bad: list):
+        self.version = version
+        self.meta = meta
+        self.header_digest = header_digest      # BLAKE3 of the header: a key for memoising on meta
+        self._layout = layout
+        self._buf = buf
+        self._verified = verified
+        self._bad = bad
+
+    # -- constructors -------------------------------------------------------------------
+    @classmethod
+    def parse(cls, buffer, *, magic: bytes, versions: Collection[int],
+              max_header: int = MAX_HEADER) -> "Container":
+        """Check everything but the section digests of a container held in ``buffer``
+        (bytes, bytearray, memoryview or mmap); each section's digest is checked on its
+        first :meth:`section` access.
+
+        Sections are copied out of ``buffer`` before their digest is computed, so a buffer
+        changing underneath (a shared mmap) can fail a read but never pass bad bytes. A
+        bytearray or memoryview stays exported (cannot be resized) while the container lives."""
+        _check_magic_arg(magic)
+        if not isinstance(buffer, (bytes, mmap.mmap)):
+            buffer = memoryview(buffer).cast("B")
+        total = len(buffer)
+        version, hlen, hdigest = _check_prefix(buffer[:PREFIX_SIZE], total, magic, versions, max_header)
+        hend = PREFIX_SIZE + hlen
+        layout, meta = _layout(bytes(buffer[PREFIX_SIZE:hend]), hdigest, total)
+        if layout.align > 1:
+            for at, n in _gaps(hend, layout.start, layout.table):
+                if buffer[at:at + n] != bytes(n):
+                    raise ContainerError("padding", f"non-zero padding at byte {at}")
+        return cls(version, meta, hdigest, layout, buffer, {}, [])
+
+    @classmethod
+    def read(cls, f, size: int | None = None, *, magic: bytes, versions: Collection[int],
+             max_header: int = MAX_HEADER) -> "Container":
+        """Read and check a container from binary file object ``f`` positioned at its start,
+        ``size`` bytes long (default: its fstat size; bytes past ``size`` are not looked at).
+        Each section is read straight into its own buffer and its digest checked now; one
+        that fails is listed in :attr:`bad` (and :meth:`section` raises for it) instead of
+        failing the read, so the intact ones stay usable. Structural defects raise."""
+        _check_magic_arg(magic)
+        if size is None:
+            size = os.fstat(f.fileno()).st_size
+        read = f.read
+        version, hlen, hdigest = _check_prefix(_read_exact(read, max(0, min(size, PREFIX_SIZE))), size,
+                                               magic, versions, max_header)
+        layout, meta = _layout(_read_exact(read, hlen), hdigest, size)
+        verified, bad = {}, []
+        pos, start = PREFIX_SIZE + hlen, layout.start
+        for name, offset, n, digest in layout.table:
+            at = start + offset
+            if at > pos and _read_exact(read, at - pos) != bytes(at - pos):
+                raise ContainerError("padding", f"non-zero padding at byte {pos}")
+            data = _read_exact(read, n) if n else b""
+            pos = at + n
+            if blake3(data).digest() == digest:
+                verified[name] = data
+            else:
+                bad.append(name)
+        if pos < start and _read_exact(read, start - pos) != bytes(start - pos):   # no sections
+            raise ContainerError("padding", f"non-zero padding at byte {pos}")
+        return cls(version, meta, hdigest, layout, None, verified, bad)
+
+    # -- access -------------------------------------------------------------------------
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Section names, in file order."""
+        return self._layout.names
+
+    @property
+    def align(self) -> int:
+        """The alignment of every section's absolute file offset."""
+        return self._layout.align
+
+    @property
+    def bad(self) -> tuple[str, ...]:
+        """Names of the sections found so far to fail their digest (all of them after
+        :meth:`read` or :meth:`verify_all`)."""
+        return tuple(self._bad)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._layout.index
+
+    def size(self, name: str) -> int:
+        """Size in bytes of section ``name`` (from the verified header; nothing is read)."""
+        return self._entry(name)[2]
+
+    def section(self, name: str) -> bytes:
+        """The bytes of section ``name``, digest verified on first access, then cached.
+        Raises ContainerError (rule "section-digest") if they do not match, KeyError if
+        there is no such section."""
+        data = self._verified.get(name)
+        if data is not None:
+            return data
+        _, offset, n, digest = self._entry(name)
+        if name not in self._bad and self._buf is not None:
+            at = self._layout.start + offset
+            buf = self._buf
+            data = bytes(buf[at:at + n]) if isinstance(buf, memoryview) else buf[at:at + n]
+            if blake3(data).digest() == digest:
+                self._verified[name] = data
+                return data
+            self._bad.append(name)
+        raise ContainerError("section-digest", f"section {name!r} fails its digest (corrupted data)",
+                             section=name)
+
+    def verify_all(self) -> None:
+        """Verify every section not verified yet; raise "section-digest" naming the first bad
+        one (:attr:`bad` then lists them all). Nothing is raised for a clean container."""
+        for name in self._layout.names:
+            if name not in self._verified and name not in self._bad:
+                try:
+                    self.section(name)
+                except ContainerError:
+                    pass
+        if self._bad:
+            raise ContainerError("section-digest", f"section(s) {', '.join(self._bad)} fail their digest "
+                                 f"(corrupted data)", section=self._bad[0])
+
+    def _entry(self, name: str) -> tuple:
+        try:
+            return self._layout.index[name]
+        except KeyError:
+            raise KeyError(f"no section {name!r} (sections: {', '.join(self.names) or 'none'})") from None
+
+    def __repr__(self) -> str:
+        return f"Container(version={self.version}, sections={list(self.names)}, bad={self.bad})"
