@@ -266,7 +266,7 @@ def _layout(hbytes: bytes, hdigest: bytes, total: int) -> tuple[_Layout, dict]:
     layout = _LAYOUTS.get(hdigest)
     if layout is not None and layout.hbytes == hbytes:   # these bytes were hashed to hdigest before
         layout.check_length(total)
-        return layout, marshal.loads(layout.meta_snapshot)
+        return layout, None                               # meta decoded from the snapshot on first use
     if blake3(hbytes).digest() != hdigest:
         raise ContainerError("header-digest", "header digest mismatch (corrupted header)")
     doc = _decode_header(hbytes)
@@ -320,12 +320,12 @@ class Container:
     ``meta`` is the caller's header dict (a fresh one per container), ``version`` the format
     version found in the prefix, ``names`` the section names in file order."""
 
-    __slots__ = ("version", "meta", "header_digest", "_layout", "_buf", "_verified", "_bad")
+    __slots__ = ("version", "_meta", "header_digest", "_layout", "_buf", "_verified", "_bad")
 
-    def __init__(self, version: int, meta: dict, header_digest: bytes, layout: _Layout, buf,
+    def __init__(self, version: int, meta: dict | None, header_digest: bytes, layout: _Layout, buf,
                  verified: dict, bad: list):
         self.version = version
-        self.meta = meta
+        self._meta = meta
         self.header_digest = header_digest      # BLAKE3 of the header: a key for memoising on meta
         self._layout = layout
         self._buf = buf
@@ -388,6 +388,13 @@ class Container:
         return cls(version, meta, hdigest, layout, None, verified, bad)
 
     # -- access -------------------------------------------------------------------------
+    @property
+    def meta(self) -> dict:
+        """The caller's header dict (this container's own copy)."""
+        if self._meta is None:
+            self._meta = marshal.loads(self._layout.meta_snapshot)
+        return self._meta
+
     @property
     def names(self) -> tuple[str, ...]:
         """Section names, in file order."""

@@ -349,3 +349,21 @@ def test_slow_redis_costs_a_bounded_wait_and_one_warning(tmp_path, redis_server)
     assert not hit and got == nb2
     assert elapsed < 2.5, f"a slow Redis cost {elapsed:.1f} s"
     assert len([w for w in caught if "unavailable" in str(w.message)]) == 1
+
+
+def test_stale_temp_files_anywhere_in_the_store_are_swept(tmp_path):
+    store = LocalStore(str(tmp_path))
+    key, nb = synthetic("stale")
+    store.put(key, nb)
+    old = time.time() - 2 * 3600
+    stale = [os.path.join(store.objects, key[:2], ".tmp-dead1"), os.path.join(store.root, ".tmp-stats"),
+             os.path.join(store.locks, ".tmp-x")]
+    fresh = os.path.join(store.root, ".tmp-being-written")
+    for p in stale + [fresh]:
+        with open(p, "wb") as f:
+            f.write(b"x" * 10)
+    for p in stale:
+        os.utime(p, (old, old))
+    store.prune(1 << 30)
+    assert not any(os.path.exists(p) for p in stale)
+    assert os.path.exists(fresh) and store.get(key) is not None

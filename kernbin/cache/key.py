@@ -36,6 +36,17 @@ def cache_key(ir_sha256: str, toolchain: Toolchain, device_fingerprint: str, opt
     return hashlib.sha256(canon.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+_memo: dict[int, tuple[BuildInfo, str]] = {}
+
+
 def key_for_info(info: BuildInfo) -> str:
-    """The key an entry with this build info belongs under (checked on every read)."""
-    return cache_key(info.ir_sha256, info.toolchain, info.device_fingerprint, info.options)
+    """The key an entry with this build info belongs under (checked on every read). Memoised per
+    BuildInfo object (they are immutable, and the .knb reader hands out one per distinct header)."""
+    hit = _memo.get(id(info))
+    if hit is not None and hit[0] is info:
+        return hit[1]
+    key = cache_key(info.ir_sha256, info.toolchain, info.device_fingerprint, info.options)
+    if len(_memo) >= 512:
+        _memo.clear()
+    _memo[id(info)] = (info, key)
+    return key

@@ -19,9 +19,10 @@ import json
 import os
 import re
 import time
+import weakref
 from contextlib import contextmanager
 
-from .._fs import atomic_write
+from .._fs import TMP_PREFIX, atomic_write
 from ..artifact import NativeBinary
 from ..errors import InvalidBinary, KernbinError
 from .key import key_for_info
@@ -49,6 +50,37 @@ def parse_size(text: "str | int") -> int:
     return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
 
 
+_FLUSH_SECONDS = 1.0
+
+
+def _append(path: str, text: str) -> None:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, text.encode())
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+class _PendingHits:
+    """Hits counted in memory since the last write to the event log."""
+
+    def __init__(self, events: str):
+        self.events, self.n, self.saved, self.since = events, 0, 0.0, time.monotonic()
+
+    def add(self, saved: float) -> None:
+        self.n += 1
+        self.saved += saved
+
+    def flush(self) -> None:
+        if self.n:
+            n, saved, self.n, self.saved = self.n, self.saved, 0, 0.0
+            _append(self.events, f"hits {n}\nbuild_seconds_saved {saved!r}\n")
+        self.since = time.monotonic()
+
+
 class LocalStore:
     def __init__(self, root: str, max_size: int | None = DEFAULT_MAX_SIZE):
         self.root = os.path.join(root, "v1")
@@ -56,6 +88,8 @@ class LocalStore:
         self.locks = os.path.join(self.root, "locks")
         self.max_size = max_size
         self._events = os.path.join(self.root, "events.log")
+        self._hits = _PendingHits(self._events)
+        weakref.finalize(self, self._hits.flush)          # also runs at interpreter exit
         os.makedirs(self.objects, exist_ok=True)
         os.makedirs(self.locks, exist_ok=True)
 
@@ -70,7 +104,7 @@ class LocalStore:
         ``touch`` marks it as just used (LRU); inspection passes False."""
         path = self.path(key)
         try:
-            with open(path, "rb") as f:
+            with open(path, "rb", buffering=0) as f:
                 st = os.fstat(f.fileno())
                 native = NativeBinary.read_from(f, st.st_size)   # sections straight into their buffers
             if key_for_info(native.info) != key:
@@ -182,18 +216,22 @@ class LocalStore:
     # -- statistics ---------------------------------------------------------------
     def record(self, name: str, value: float = 1) -> None:
         """Count an event: one small O_APPEND write (atomic between processes).
-        ``hit`` is special: it counts one hit and adds ``value`` build seconds saved."""
-        try:
-            fd = os.open(self._events, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            try:
-                os.write(fd, f"{name} {value}\n".encode())
-            finally:
-                os.close(fd)
-        except OSError:
-            pass
+        ``hit`` is special: it counts one hit and adds ``value`` build seconds saved, and hits are
+        batched in memory (written at most once a second, on any other event, on :meth:`counters`
+        and at exit), so a hit costs no system call; a process killed by SIGKILL loses at most
+        its last second of hit counts."""
+        if name == "hit":
+            self._hits.add(value)
+            if time.monotonic() - self._hits.since < _FLUSH_SECONDS:
+                return
+            self._hits.flush()
+            return
+        self._hits.flush()
+        _append(self._events, f"{name} {value}\n")
 
     def counters(self) -> dict:
         """Counters folded from the event log into stats.json (under the maintenance lock)."""
+        self._hits.flush()
         stats_path = os.path.join(self.root, "stats.json")
         with self._maintenance():
             counts = dict.fromkeys(COUNTERS, 0)
@@ -220,9 +258,14 @@ class LocalStore:
                                 name = "build_seconds_saved"
                             if name in counts:
                                 try:
-                                    counts[name] += float(value) if "." in value else int(value)
+                                    v = int(value)
                                 except ValueError:
-                                    continue
+                                    try:
+                                        v = float(value)
+                                    except ValueError:
+                                        continue
+                                if v == v and abs(v) != float("inf"):      # no NaN / inf from a bad line
+                                    counts[name] += v
                 atomic_write(stats_path, json.dumps(counts).encode())
                 for path in foldings:
                     self._remove(path)
@@ -249,10 +292,12 @@ class LocalStore:
             return False
 
     def _remove_stale_tmp(self) -> None:
+        """Temp files of writers that died (entries, stats.json, anything written through
+        ``atomic_write`` under the store) older than an hour; symlinks are not followed."""
         now = time.time()
-        for dirpath, _, names in os.walk(self.objects):
+        for dirpath, _, names in os.walk(self.root):
             for name in names:
-                if name.startswith(".tmp-"):
+                if name.startswith(TMP_PREFIX):
                     p = os.path.join(dirpath, name)
                     try:
                         if now - os.stat(p).st_mtime > _STALE_TMP_SECONDS:
