@@ -171,7 +171,7 @@ _DECODER = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite, ob
 def _decode_header(hbytes: bytes) -> dict:
     try:
         doc = _DECODER.decode(hbytes.decode("utf-8"))   # never bytes to json: it would guess UTF-16/32
-        if b"\\" in hbytes:          # escapes present: refuse "\ud800" (a lone surrogate is not text)
+        if b"\\u" in hbytes:         # \u escapes present: refuse "\ud800" (a lone surrogate is not text)
             json.dumps(doc, ensure_ascii=False).encode("utf-8")
     except Exception as e:           # UnicodeError, ValueError, RecursionError (deep nesting), ...
         raise ContainerError("header-json", f"header is not strict UTF-8 JSON: {type(e).__name__}: {e}") from None

@@ -254,3 +254,39 @@ def test_host_and_shared_memory_copies_and_a_launch_on_shared_pointers(l0, nativ
         for p in host + shared:
             if p.value:
                 lib.zeMemFree(l0.context, p)
+
+
+def test_launch_config_and_device_pointers_through_the_public_launcher(l0, natives):
+    """LaunchConfig(grid, block) and DevicePointer arguments (memory the caller owns) mixed with a
+    host array that kernbin copies in and out."""
+    lib, n = l0.lib, 4096
+    rng = np.random.default_rng()
+    a, b = rng.standard_normal(n, dtype=np.float32), rng.standard_normal(n, dtype=np.float32)
+    hdesc = ze.ze_host_mem_alloc_desc_t(stype=ze.ZE_STRUCTURE_TYPE_HOST_MEM_ALLOC_DESC)
+    ddesc = ze.ze_device_mem_alloc_desc_t(stype=ze.ZE_STRUCTURE_TYPE_DEVICE_MEM_ALLOC_DESC)
+    shared = [ctypes.c_void_p() for _ in range(2)]
+    try:
+        for s in shared:
+            assert lib.zeMemAllocShared(l0.context, ctypes.byref(ddesc), ctypes.byref(hdesc), n * 4, 64, l0.device,
+                                        ctypes.byref(s)) == 0
+        ctypes.memmove(shared[0], a.ctypes.data, n * 4)
+        k = kernbin.load(natives["vadd"], l0, fallback=False).kernel("vadd")
+        cfg = kernbin.LaunchConfig(grid=n // 64, block=64)
+        assert cfg.global_size == (n,)
+        k.launch(cfg, kernbin.DevicePointer(shared[0].value), b, kernbin.DevicePointer(shared[1].value), np.int32(n))
+        out = np.empty(n, np.float32)
+        ctypes.memmove(out.ctypes.data, shared[1], n * 4)
+        np.testing.assert_allclose(out, a + b, rtol=1e-6)
+        with pytest.raises(kernbin.LaunchError):
+            k.launch(kernbin.LaunchConfig(grid=1, block=64, shared_mem_bytes=256), a, b, out, np.int32(64))
+    finally:
+        for p in shared:
+            if p.value:
+                lib.zeMemFree(l0.context, p)
+
+
+@pytest.mark.parametrize("bad", [dict(grid=(1, 2), block=(4,)), dict(grid=0, block=1), dict(grid=1, block=1,
+                                                                                                 shared_mem_bytes=-1)])
+def test_launch_config_validates(bad):
+    with pytest.raises(kernbin.LaunchError):
+        kernbin.LaunchConfig(**bad)

@@ -117,18 +117,23 @@ class HostArrays:
     """Copy-in / copy-out of host arrays around one launch.
 
     ``alloc(nbytes) -> buf``, ``write(buf, array)``, ``read(buf, array)``, ``free(buf)``
-    are the backend's. Use as a context manager; :meth:`device` gives the buffer of an
+    are the backend's (``alloc_with(array) -> buf``, when given, allocates and copies in at once). Use as a context manager; :meth:`device` gives the buffer of an
     array, :meth:`copy_back` copies writeable arrays back after the kernel ran.
     """
 
-    def __init__(self, alloc, write, read, free=None):
+    def __init__(self, alloc, write, read, free=None, alloc_with=None):
         self._alloc, self._write, self._read, self._free = alloc, write, read, free
+        self._alloc_with = alloc_with       # optional: allocate and copy in, in one runtime call
         self._bufs: list[tuple[object, object]] = []
 
     def __enter__(self) -> "HostArrays":
         return self
 
     def device(self, array) -> object:
+        if array.nbytes and self._alloc_with is not None:
+            buf = self._alloc_with(array)
+            self._bufs.append((array, buf))
+            return buf
         buf = self._alloc(max(array.nbytes, 1))
         self._bufs.append((array, buf))
         if array.nbytes:

@@ -400,7 +400,8 @@ class OpenCLKernel(Kernel):
         try:
             with HostArrays(alloc=lambda n: cl.Buffer(ctx, mf.READ_WRITE, n),
                             write=lambda buf, a: cl.enqueue_copy(queue, buf, a, is_blocking=False),
-                            read=lambda buf, a: cl.enqueue_copy(queue, a, buf, is_blocking=False)) as host:
+                            read=lambda buf, a: cl.enqueue_copy(queue, a, buf, is_blocking=False),
+                            alloc_with=lambda a: cl.Buffer(ctx, mf.READ_WRITE | mf.COPY_HOST_PTR, hostbuf=a)) as host:
                 cl_args = []
                 for kind, value in plan:
                     if kind == "array":
