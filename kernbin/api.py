@@ -210,14 +210,18 @@ def load(native, target="opencl:cpu", *, ir=None, fallback: bool = True):
         return _fallback(device, use_ir, native.info, f"the runtime rejected the binary: {e}", e)
 
 
-def check(native, target="opencl:cpu") -> dict:
+def check(native, target="opencl:cpu", *, isolate: bool = False) -> dict:
     """Verify integrity and requirements, then load natively (no fallback) and create every kernel.
 
-    Returns ``{"ok", "verdict", "reason", "rule", "kernels", ...}``: ``verdict`` is ``"native"``
-    (loaded natively, every kernel created), ``"gate"`` (kernbin refused the bytes before the
-    runtime saw them) or ``"driver"`` (the runtime refused them). Never raises for a bad binary
-    (only for a bad target or a missing runtime).
+    Returns ``{"ok", "verdict", "reason", "rule", "member", "kernels", ...}``: ``verdict`` is
+    ``"native"`` (loaded natively, every kernel created), ``"gate"`` (kernbin refused the bytes
+    before the runtime saw them) or ``"driver"`` (the runtime refused them, or crashed). With
+    ``isolate`` the runtime's part runs in a child process, so a driver that crashes on the bytes
+    (checksums say the bytes are intact, not that they are benign) gives ``rule="crash"`` instead
+    of taking this process down. Never raises for a bad binary (only for a bad target or a missing
+    runtime).
     """
+    from ._fs import FileRefused
     device = _device(target)
     result = {"target": str(device.target), "device": device.id.describe(), "ok": False, "verdict": "gate",
               "reason": "", "rule": "", "member": None, "kernels": []}
@@ -228,19 +232,49 @@ def check(native, target="opencl:cpu") -> dict:
     except (InvalidBinary, IncompatibleBinary) as e:
         result.update(reason=e.reason, rule=e.rule)
         return result
+    except FileRefused as e:
+        result.update(reason=e.reason, rule=e.rule)
+        return result
+    if isolate:
+        result.update(_probe_in_child(native, str(device.target)))
+        return result
+    return {**result, **_probe(device, native, payload)}
+
+
+def _probe(device, native: NativeBinary, payload: bytes) -> dict:
+    """The runtime's part of :func:`check`: load and create every kernel."""
     try:
         module = device.load_native(native, payload)
-        kernels = []
-        for n in module.kernel_names:
-            kernels.append({"name": n, **module.kernel(n).attributes})
-    except (RuntimeAPIError, KernbinError) as e:
-        if isinstance(e, OfflineTarget):
-            result.update(reason=str(e), rule="offline")
-        else:
-            result.update(verdict="driver", reason=str(e), rule=getattr(e, "code_name", None) or "driver")
-        return result
-    result.update(ok=True, verdict="native", kernels=kernels)
-    return result
+        kernels = [{"name": n, **module.kernel(n).attributes} for n in module.kernel_names]
+    except OfflineTarget as e:
+        return {"reason": str(e), "rule": "offline"}
+    except KernbinError as e:
+        return {"verdict": "driver", "reason": str(e), "rule": getattr(e, "code_name", None) or "driver"}
+    return {"ok": True, "verdict": "native", "kernels": kernels}
+
+
+def _probe_in_child(native: NativeBinary, target: str) -> dict:
+    import signal
+    import subprocess
+    import sys
+    import json
+    try:
+        p = subprocess.run([sys.executable, "-m", "kernbin._probe", target], input=native.to_bytes(),
+                           capture_output=True, timeout=600)
+    except subprocess.TimeoutExpired:
+        return {"verdict": "driver", "rule": "timeout", "reason": "the runtime did not finish loading in 600 s"}
+    if p.returncode < 0:
+        try:
+            name = signal.Signals(-p.returncode).name
+        except ValueError:
+            name = f"signal {-p.returncode}"
+        return {"verdict": "driver", "rule": "crash",
+                "reason": f"the runtime crashed ({name}) loading these bytes: they are intact but not loadable"}
+    try:
+        return json.loads(p.stdout.decode().strip().splitlines()[-1])
+    except (ValueError, IndexError, UnicodeDecodeError):
+        tail = p.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no output"]
+        return {"verdict": "driver", "rule": "probe", "reason": f"the load probe failed: {tail[0]}"}
 
 
 _caches: dict = {}

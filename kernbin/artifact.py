@@ -112,8 +112,9 @@ class BuildInfo:
             if not isinstance(kernels, list):
                 raise ValueError("build info 'kernels' must be a list")
             seconds = obj.get("build_seconds", 0.0)
-            if not isinstance(seconds, (int, float)) or isinstance(seconds, bool):
-                raise ValueError("build info 'build_seconds' must be a number")
+            if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or \
+                    not 0 <= seconds < 1e9:
+                raise ValueError("build info 'build_seconds' must be a number of seconds")
             info = cls(
                 target=obj["target"], toolchain=Toolchain.from_json(obj["toolchain"]),
                 requires=Requirements.from_json(obj["requires"]), ir_kind=obj["ir_kind"],
@@ -228,17 +229,52 @@ _info_cache: dict[bytes, BuildInfo] = {}
 _INFO_CACHE_ENTRIES = 256
 
 
+class _FrozenDict(dict):
+    """A dict that refuses changes: BuildInfo objects read from files are shared (memoised by
+    header digest), so nothing reachable from them may be mutated. Still a dict for json and ==."""
+    def _refuse(self, *a, **k):
+        raise TypeError("build info read from a file is immutable")
+    __setitem__ = __delitem__ = update = pop = popitem = clear = setdefault = __ior__ = _refuse
+
+
+class _FrozenList(list):
+    def _refuse(self, *a, **k):
+        raise TypeError("build info read from a file is immutable")
+    __setitem__ = __delitem__ = append = extend = insert = pop = remove = clear = sort = reverse = _refuse
+    __iadd__ = __imul__ = _refuse
+
+
+def _freeze(obj):
+    if isinstance(obj, dict):
+        return _FrozenDict({k: _freeze(v) for k, v in obj.items()})
+    if isinstance(obj, list):
+        return _FrozenList(_freeze(v) for v in obj)
+    return obj
+
+
+def _frozen(info: BuildInfo) -> BuildInfo:
+    return replace(
+        info, extra=_freeze(dict(info.extra)),
+        register_file=None if info.register_file is None else _freeze(dict(info.register_file)),
+        kernels=tuple(KernelInfo(k.name, _freeze(dict(k.attributes))) for k in info.kernels),
+        toolchain=replace(info.toolchain, versions=_freeze(dict(info.toolchain.versions))),
+        requires=Requirements(info.requires.kind, _freeze(dict(info.requires.values))))
+
+
 def _info_for(c) -> BuildInfo:
     """BuildInfo from a verified container header, memoised by the header's BLAKE3 digest (the
-    same header bytes always give the same immutable BuildInfo)."""
+    same header bytes always give the same BuildInfo; its nested data is frozen, since it is shared)."""
     info = _info_cache.get(c.header_digest)
     if info is None:
         try:
-            info = BuildInfo.from_json(c.meta.get("build"))
-        except (ValueError, TypeError, KernbinError, RecursionError) as e:
+            info = _frozen(BuildInfo.from_json(c.meta.get("build")))
+        except (ValueError, TypeError, KernbinError, RecursionError, ArithmeticError) as e:
             raise InvalidBinary(f"bad build info in the header: {e}", rule="build-info") from None
         if len(_info_cache) >= _INFO_CACHE_ENTRIES:
-            _info_cache.pop(next(iter(_info_cache)))
+            try:
+                _info_cache.pop(next(iter(_info_cache)), None)
+            except (RuntimeError, StopIteration):      # another thread is evicting too
+                pass
         _info_cache[c.header_digest] = info
     return info
 

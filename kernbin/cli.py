@@ -44,8 +44,8 @@ def cmd_devices(args) -> int:
     t = _table("target", "type", "name", "arch", "driver", "IR")
     for d in devices:
         spirv = d.to_json().get("spirv", [])
-        t.add_row(d.target, d.type, d.id.name, d.id.arch, d.id.driver_version,
-                  f"SPIR-V <={spirv[-1]}" if spirv else f"[red]{d.note}[/]")
+        ir = d.details.get("ir") or (f"SPIR-V <={spirv[-1]}" if spirv else f"[red]{d.note}[/]")
+        t.add_row(d.target, d.type, d.id.name, d.id.arch, d.id.driver_version or "-", ir)
     _console().print(t)
     return 0
 
@@ -62,9 +62,9 @@ def _table(*columns, title=None):
 def cmd_build(args) -> int:
     import kernbin
     ir = kernbin.read_ir(args.input)
-    targets = args.target or ["opencl:cpu"]
+    targets = [str(kernbin.parse_target(t)) for t in (args.target or ["opencl:cpu"])]
     if len(set(targets)) != len(targets):
-        raise kernbin.KernbinError("a --target is given twice")
+        raise kernbin.TargetError("a --target is given twice", next(t for t in targets if targets.count(t) > 1))
     if len(targets) == 1:
         outputs = {targets[0]: args.output}
     else:   # several targets: -o names a directory, one .knb per target
@@ -113,7 +113,9 @@ _SHORT = {"max_work_group_size": "max wg", "preferred_work_group_size_multiple":
           "private_mem_size": "private B", "local_mem_size": "local B", "num_args": "args",
           "grf_count": "GRF", "simd_size": "SIMD", "slm_size": "SLM B", "scratch_size": "scratch B",
           "spill_bytes": "spill B", "barrier_count": "barriers", "has_dpas": "DPAS", "private_size": "private B",
-          "code_size": "code B"}
+          "code_size": "code B", "registers": "regs", "spill_stores": "spill st B", "spill_loads": "spill ld B",
+          "stack_frame": "stack B", "shared": "smem B", "local": "lmem B", "max_threads_per_block": "max thr",
+          "ptx_version": "PTX", "binary_version": "SASS"}
 
 
 def _kernel_table(console, kernels) -> None:
@@ -173,7 +175,7 @@ def cmd_inspect(args) -> int:
 
 def cmd_check(args) -> int:
     import kernbin
-    res = kernbin.check(args.file, args.target)
+    res = kernbin.check(args.file, args.target, isolate=not args.in_process)
     if args.json:
         _print_json(res)
     elif res["ok"]:
@@ -347,6 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "before the driver saw it) | driver (the driver refused it), and \"reason\".")
     s.add_argument("file")
     s.add_argument("--target", "-t", default="opencl:cpu")
+    s.add_argument("--in-process", action="store_true",
+                   help="load in this process (default: a child process, so a driver crash is a verdict)")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=cmd_check)
 

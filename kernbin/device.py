@@ -137,6 +137,9 @@ class Requirements:
         if not isinstance(obj, dict) or not isinstance(obj.get("kind"), str):
             raise ValueError("requirements must be an object with a string 'kind'")
         values = {k: _json_value(v, "requirements") for k, v in obj.items() if k != "kind"}
+        if "members" in values and not (isinstance(values["members"], list)
+                                        and all(isinstance(m, dict) for m in values["members"])):
+            raise ValueError("requirements 'members' must be a list of objects")
         return cls(obj["kind"], values)
 
     def describe(self) -> str:
@@ -144,5 +147,24 @@ class Requirements:
             return f"Intel GPU IP {self.get('ip_version')} ({self.get('device', '?')}), .ze_info {self.get('ze_info_version', '?')}"
         if self.kind == "intel-gpu-fat":
             return "one of: " + ", ".join(f"{m.get('device', '?')} (IP {m.get('ip_version')})"
-                                          for m in self.get("members", []) if isinstance(m, dict))
+                                          for m in _members(self.values))
+        if self.kind == "cuda":
+            return f"NVIDIA sm_{self.get('sm')}{self.get('variant', '')} ({self.get('code')}, {_cuda_rule(self.values)})"
+        if self.kind == "cuda-fat":
+            return "NVIDIA, one of: " + ", ".join(f"{m.get('code')} sm_{m.get('sm')}{m.get('variant', '')}"
+                                                  for m in _members(self.values))
         return f"{self.kind} " + ", ".join(f"{k}={v}" for k, v in self.values.items())
+
+
+def _members(values) -> list:
+    raw = values.get("members", [])
+    return [m for m in raw if isinstance(m, dict)] if isinstance(raw, list) else []
+
+
+def _cuda_rule(v) -> str:
+    sm, variant = v.get("sm"), v.get("variant", "")
+    if not isinstance(sm, int):
+        return "?"
+    if v.get("code") == "ptx":
+        return f"JIT on >= sm_{sm}, PTX ISA {v.get('ptx_isa')}"
+    return f"exactly sm_{sm}" if variant == "a" else f"sm_{sm // 10}x, x >= {sm % 10}"

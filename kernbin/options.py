@@ -8,7 +8,7 @@
 
 It never queries a device. :meth:`BuildOptions.key` is the stable text the cache key uses.
 The flags the compiler finally received (the policy may add a register-file flag) are
-recorded separately, in ``BuildInfo.effective_flags``.
+recorded separately, in ``BuildInfo.flags``.
 """
 
 from __future__ import annotations

@@ -169,3 +169,27 @@ def test_any_json_as_build_info_is_a_clean_error_or_valid(value):
         NativeBinary.from_bytes(_pack({"build": value}, [("native", b"x")]))
     except InvalidBinary as e:
         assert e.rule == "build-info"
+
+
+@pytest.mark.parametrize("mutate", [
+    lambda b: b.update(build_seconds=10 ** 400),
+    lambda b: b.update(build_seconds=-1),
+    lambda b: b["requires"].update(members=None),
+    lambda b: b["requires"].update(members=[1, 2]),
+    lambda b: b["requires"].update(members="abc"),
+])
+def test_hostile_numbers_and_shapes_are_build_info_errors(mutate):
+    build = json.loads(json.dumps(INFO.to_json()))
+    mutate(build)
+    assert _rule(_pack({"build": build}, [("native", NB.binary)])) == "build-info"
+
+
+def test_build_info_read_from_a_file_is_shared_but_immutable():
+    a, b = NativeBinary.from_bytes(DATA), NativeBinary.from_bytes(DATA)
+    for mutate in (lambda i: i.requires.values.__setitem__("device", "x"),
+                   lambda i: i.kernels[0].attributes.update(x=1),
+                   lambda i: i.toolchain.versions.pop("kernbin"),
+                   lambda i: i.extra.setdefault("x", 1)):
+        with pytest.raises(TypeError):
+            mutate(a.info)
+    assert b.info == INFO and json.loads(json.dumps(b.info.to_json())) == INFO.to_json()

@@ -11,8 +11,8 @@ import warnings
 
 import pytest
 
-from kernbin import (BuildInfo, BuildOptions, DeviceId, KernbinWarning, KernelInfo, NativeBinary, Requirements,
-                     SpirvModule, Toolchain)
+from kernbin import (BuildInfo, BuildOptions, DeviceId, KernbinError, KernbinWarning, KernelInfo, NativeBinary,
+                     Requirements, SpirvModule, Toolchain)
 from kernbin.cache import Cache, LocalStore, cache_key, key_for_info, parse_size
 from kernbin.samples import SAMPLES
 
@@ -61,7 +61,7 @@ def test_key_changes_with_every_part_and_nothing_else():
 def test_parse_size():
     assert parse_size("500M") == 500 << 20 and parse_size("2G") == 2 << 30
     assert parse_size("1.5KiB") == 1536 and parse_size("123") == 123
-    with pytest.raises(Exception, match="bad size"):
+    with pytest.raises(KernbinError, match="bad size"):   # a plain KernbinError: no attribute to assert
         parse_size("lots")
 
 
@@ -79,7 +79,7 @@ def test_put_get_round_trip_leaves_no_temp_files(tmp_path):
 def test_refuses_a_binary_under_the_wrong_key(tmp_path):
     store = LocalStore(str(tmp_path))
     key, nb = synthetic("a")
-    with pytest.raises(Exception, match="does not hash"):
+    with pytest.raises(KernbinError, match="does not hash"):   # a plain KernbinError: no attribute to assert
         store.put("f" * 64, nb)
 
 
@@ -293,7 +293,7 @@ def test_hmac_mismatch_is_rejected(tmp_path, redis_server):
     same_key = _tier(tmp_path, "ok", url, b"fleet-secret")
     assert same_key.get(key) == nb
     attacker_view = _tier(tmp_path, "x", url, b"wrong-secret")
-    with pytest.warns(KernbinWarning, match="HMAC signature mismatch"):
+    with pytest.warns(KernbinWarning, match="HMAC signature mismatch"):   # warnings carry no attributes
         assert attacker_view.get(key) is None
     assert attacker_view.stats()["rejected"] == 1
     # an unsigned (e.g. poisoned) entry is rejected by a reader that requires signatures

@@ -139,3 +139,8 @@ def test_build_goes_through_the_cache_and_cache_commands(tmp_path):
     assert json.loads(run_cli("cache", "stats", "--json", env=env).stdout)["entries"] == 0
     assert run_cli("cache", "clear", env=env).returncode == 0
     assert "bad size" in run_cli("cache", "prune", "--max-size", "huge", env=env).stderr
+
+
+def test_build_canonicalises_targets_once(tmp_path):
+    p = run_cli("build", SAMPLES["vadd"].spv, "-t", "OpenCL:CPU", "-t", "opencl:cpu", "-o", str(tmp_path / "d"))
+    assert p.returncode == 1 and "given twice" in p.stderr and "Traceback" not in p.stderr

@@ -197,3 +197,16 @@ def test_requirements_json_round_trip_is_bounded():
     deep = {"kind": "x", "v": [[[[[[[[[[[1]]]]]]]]]]]}
     with pytest.raises(ValueError):
         Requirements.from_json(deep)
+
+
+def test_a_driver_crash_is_a_verdict_not_a_dead_process(driver, tmp_path):
+    """The bytes are intact (digests pass) and meet every requirement, and the driver still dies on
+    them: `kernbin check` loads in a child process and reports it (test driver: KBZE_CRASH_ON_NATIVE)."""
+    own = tmp_path / "own.knb"
+    assert run_cli("build", SAMPLES["vadd"].spv, "-t", "level-zero:0", "-o", str(own), "--no-cache").returncode == 0
+    p = run_cli("check", str(own), "-t", "level-zero:0", "--json", env={"KBZE_CRASH_ON_NATIVE": "1"})
+    assert p.returncode == 2, p.stderr
+    res = json.loads(p.stdout)
+    assert res["verdict"] == "driver" and res["rule"] == "crash" and "SIGABRT" in res["reason"]
+    p = run_cli("check", str(own), "-t", "level-zero:0", "--json")
+    assert p.returncode == 0 and json.loads(p.stdout)["verdict"] == "native"

@@ -46,21 +46,30 @@ def test_fat_binary_members_and_selection(fat):
     name, blob = select_from_fat(fat, "12.55.8")
     assert name == "64.12.55.8" and parse_zebin(blob).kernels[0].name == "vadd"
     assert select_from_fat(fat, "12.60.7")[1] == members["64.12.60.7"]
-    with pytest.raises(InvalidBinary, match="no entry for 12.70.4"):
+    with pytest.raises(InvalidBinary) as e:
         select_from_fat(fat, "12.70.4")
+    assert e.value.rule == "fat-no-member"
 
 
 def test_wrong_machine_and_type(zebin):
     data = bytearray(zebin)
     struct.pack_into("<H", data, 18, 62)
-    with pytest.raises(InvalidBinary, match="not Intel GT"):
+    with pytest.raises(InvalidBinary) as e:
         parse_zebin(bytes(data))
+    assert e.value.rule == "machine"
     data = bytearray(zebin)
     struct.pack_into("<H", data, 16, 0x1234)
-    with pytest.raises(InvalidBinary, match="not a zebin type"):
+    with pytest.raises(InvalidBinary) as e:
         parse_zebin(bytes(data))
-    with pytest.raises(InvalidBinary, match="not an ELF"):
+    assert e.value.rule == "elf-type"
+    with pytest.raises(InvalidBinary) as e:
         parse_zebin(b"\0" * 100)
+    assert e.value.rule == "not-elf"
+    data = bytearray(zebin)
+    data[4] = 1                                   # ELFCLASS32
+    with pytest.raises(InvalidBinary) as e:
+        parse_zebin(bytes(data))
+    assert e.value.rule == "elf-class"
 
 
 def test_garbage_ze_info(zebin):
@@ -68,21 +77,26 @@ def test_garbage_ze_info(zebin):
     start = data.find(b"version:")
     assert start > 0
     data[start:start + 40] = b"{[" * 20          # same length, no longer YAML
-    with pytest.raises(InvalidBinary, match="ze_info"):
+    with pytest.raises(InvalidBinary) as e:
         parse_zebin(bytes(data))
+    assert e.value.rule == "ze-info-yaml"
 
 
 def test_ar_rules():
-    with pytest.raises(InvalidBinary, match="bad magic"):
-        read_ar(b"!<arsch>\n")
+    def rule(data):
+        with pytest.raises(InvalidBinary) as e:
+            read_ar(data)
+        return e.value.rule
+
+    assert rule(b"!<arsch>\n") == "ar-magic"
     member = b"name/           0           0     0     644     10        `\n0123456789"
     assert read_ar(b"!<arch>\n" + member) == {"name": b"0123456789"}
-    with pytest.raises(InvalidBinary, match="runs past the end"):
-        read_ar(b"!<arch>\n" + member[:-1])
-    with pytest.raises(InvalidBinary, match="bad ar member header"):
-        read_ar(b"!<arch>\n" + member[:58] + b"xx" + member[60:])
-    with pytest.raises(InvalidBinary, match="duplicate"):
-        read_ar(b"!<arch>\n" + member + member)
+    assert rule(b"!<arch>\n" + member[:-1]) == "ar-bounds"              # member body cut short
+    assert rule(b"!<arch>\n" + member[:59]) == "ar-bounds"              # header cut short
+    assert rule(b"!<arch>\n" + member[:58] + b"xx" + member[60:]) == "ar-header"
+    assert rule(b"!<arch>\n" + member[:48] + b"ten       " + member[58:]) == "ar-size"
+    assert rule(b"!<arch>\n" + b"/7   " + member[5:]) == "ar-long-name"   # no // table before it
+    assert rule(b"!<arch>\n" + member + member) == "ar-duplicate"
 
 
 _settings = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

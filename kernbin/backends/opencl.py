@@ -356,8 +356,9 @@ class OpenCLModule(Module):
     def __init__(self, device: OpenCLDevice, native: NativeBinary | None, program):
         super().__init__(device, native)
         self.program = program
-        names = native.kernel_names if native is not None else ()
-        if not names:
+        try:      # what the runtime says the program defines, not what a header claims
+            names = tuple(n for n in program.get_info(cl.program_info.KERNEL_NAMES).split(";") if n)
+        except cl.Error:
             names = tuple(k.function_name for k in program.all_kernels())
         self._names = names
 

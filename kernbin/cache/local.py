@@ -18,6 +18,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
+import threading
 import time
 import weakref
 from contextlib import contextmanager
@@ -65,20 +67,31 @@ def _append(path: str, text: str) -> None:
 
 
 class _PendingHits:
-    """Hits counted in memory since the last write to the event log."""
+    """Hits counted in memory since the last write to the event log (thread-safe; a forked child
+    starts from zero, so the parent's pending hits are never counted twice)."""
 
     def __init__(self, events: str):
         self.events, self.n, self.saved, self.since = events, 0, 0.0, time.monotonic()
+        self.lock = threading.Lock()
+        self.pid = os.getpid()
 
     def add(self, saved: float) -> None:
-        self.n += 1
-        self.saved += saved
+        with self.lock:
+            self._forked()
+            self.n += 1
+            self.saved += saved
+
+    def _forked(self) -> None:
+        if self.pid != os.getpid():
+            self.pid, self.n, self.saved = os.getpid(), 0, 0.0
 
     def flush(self) -> None:
-        if self.n:
+        with self.lock:
+            self._forked()
             n, saved, self.n, self.saved = self.n, self.saved, 0, 0.0
+            self.since = time.monotonic()
+        if n:
             _append(self.events, f"hits {n}\nbuild_seconds_saved {saved!r}\n")
-        self.since = time.monotonic()
 
 
 class LocalStore:
@@ -217,9 +230,9 @@ class LocalStore:
     def record(self, name: str, value: float = 1) -> None:
         """Count an event: one small O_APPEND write (atomic between processes).
         ``hit`` is special: it counts one hit and adds ``value`` build seconds saved, and hits are
-        batched in memory (written at most once a second, on any other event, on :meth:`counters`
-        and at exit), so a hit costs no system call; a process killed by SIGKILL loses at most
-        its last second of hit counts."""
+        batched in memory: written with the first hit more than a second after the last write, with
+        any other event, on :meth:`counters` and at exit. So a hit costs no system call; a process
+        killed by SIGKILL loses the hits it counted since its last write (statistics only)."""
         if name == "hit":
             self._hits.add(value)
             if time.monotonic() - self._hits.since < _FLUSH_SECONDS:
@@ -292,15 +305,20 @@ class LocalStore:
             return False
 
     def _remove_stale_tmp(self) -> None:
-        """Temp files of writers that died (entries, stats.json, anything written through
-        ``atomic_write`` under the store) older than an hour; symlinks are not followed."""
+        """Temp files of writers that died, older than an hour: in the store's own directories
+        (its root, ``objects/`` and below, ``locks/``), never through a symlink."""
         now = time.time()
-        for dirpath, _, names in os.walk(self.root):
+        if os.path.islink(self.root) or os.path.islink(self.objects):
+            return                      # never sweep through a symlink: it may lead anywhere
+        places = [(self.root, [n for n in os.listdir(self.root)])] + \
+            [(d, names) for d, _, names in os.walk(self.objects)] + [(self.locks, os.listdir(self.locks))]
+        for dirpath, names in places:
             for name in names:
                 if name.startswith(TMP_PREFIX):
                     p = os.path.join(dirpath, name)
                     try:
-                        if now - os.stat(p).st_mtime > _STALE_TMP_SECONDS:
+                        st = os.lstat(p)
+                        if stat.S_ISREG(st.st_mode) and now - st.st_mtime > _STALE_TMP_SECONDS:
                             os.unlink(p)
                     except OSError:
                         pass

@@ -10,7 +10,23 @@ A fat binary from ``ocloc -device a,b,c`` is a Unix ``ar`` archive: one member p
 device named ``<pointer bits>.<ip version>`` (e.g. ``64.12.60.7``), ``pad_N``
 alignment members, and ``generic_ir`` (the SPIR-V).
 
-Malformed input raises :class:`~kernbin.errors.InvalidBinary` with the reason.
+Malformed input raises :class:`~kernbin.errors.InvalidBinary` with the reason and a
+stable ``rule`` id:
+
+- ELF header: ``not-elf`` (no ELF magic or too short), ``elf-class`` (not little-endian
+  ELF64), ``machine`` (not EM_INTELGT), ``elf-type`` (not a zebin ELF type);
+- sections: ``section-bounds`` (a section lies outside the file), ``missing-text`` (a
+  kernel in ``.ze_info`` has no ``.text.<kernel>``), ``malformed`` (any other failure
+  while reading the ELF, e.g. an exception from pyelftools);
+- ``.ze_info``: ``no-ze-info``, ``ze-info-size`` (implausibly large), ``ze-info-yaml``
+  (not YAML/UTF-8), ``ze-info-kernels`` (no kernel list), ``kernel-entry`` (entry without
+  a name), ``execution-env`` (not a mapping, or a bad integer in it), ``buffer`` (bad
+  ``per_thread_memory_buffers`` entry or size);
+- ``ar`` archives: ``ar-magic``, ``ar-header`` (bad header terminator), ``ar-size`` (bad
+  size field), ``ar-bounds`` (a header or member runs past the end), ``ar-long-name``
+  (GNU long-name reference out of range), ``ar-duplicate`` (two members of one name);
+- fat binaries: ``fat-no-member`` (no member for the asked IP version), ``fat-members``
+  (no zebin member named by an IP version at all).
 """
 
 from __future__ import annotations
@@ -72,31 +88,31 @@ def is_zebin(data: bytes) -> bool:
         struct.unpack_from("<H", data, 18)[0] == EM_INTELGT
 
 
-def _int(v, what: str) -> int:
+def _int(v, what: str, rule: str) -> int:
     if v is None:
         return 0
     if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-        raise InvalidBinary(f".ze_info: {what} is not a non-negative integer: {v!r}")
+        raise InvalidBinary(f".ze_info: {what} is not a non-negative integer: {v!r}", rule=rule)
     return v
 
 
 def parse_zebin(data: bytes) -> Zebin:
     """Parse and check a zebin; never raises anything but InvalidBinary for bad input."""
     if len(data) < 64 or data[:4] != b"\x7fELF":
-        raise InvalidBinary("not an ELF file (zebin expected)")
+        raise InvalidBinary("not an ELF file (zebin expected)", rule="not-elf")
     if data[4] != 2 or data[5] != 1:
-        raise InvalidBinary("zebin must be a little-endian ELF64 file")
+        raise InvalidBinary("zebin must be a little-endian ELF64 file", rule="elf-class")
     e_type, e_machine = struct.unpack_from("<HH", data, 16)
     if e_machine != EM_INTELGT:
-        raise InvalidBinary(f"ELF machine {e_machine} is not Intel GT ({EM_INTELGT})")
+        raise InvalidBinary(f"ELF machine {e_machine} is not Intel GT ({EM_INTELGT})", rule="machine")
     if e_type not in _ET_OK:
-        raise InvalidBinary(f"ELF type 0x{e_type:x} is not a zebin type")
+        raise InvalidBinary(f"ELF type 0x{e_type:x} is not a zebin type", rule="elf-type")
     try:
         return _parse(data)
     except InvalidBinary:
         raise
     except Exception as e:   # pyelftools and yaml raise many kinds on hostile input
-        raise InvalidBinary(f"malformed zebin: {type(e).__name__}: {e}") from None
+        raise InvalidBinary(f"malformed zebin: {type(e).__name__}: {e}", rule="malformed") from None
 
 
 def _parse(data: bytes) -> Zebin:
@@ -109,33 +125,36 @@ def _parse(data: bytes) -> Zebin:
             continue
         off, size = s["sh_offset"], s["sh_size"]
         if s["sh_type"] != "SHT_NOBITS" and off + size > len(data):
-            raise InvalidBinary(f"section {s.name} [{off}, {off + size}) lies outside the file ({len(data)} bytes)")
+            raise InvalidBinary(f"section {s.name} [{off}, {off + size}) lies outside the file ({len(data)} bytes)",
+                                rule="section-bounds")
         sections[s.name] = size
         if s.name.startswith(".text."):
             text[s.name[len(".text."):]] = size
     ze = elf.get_section_by_name(".ze_info")
     if ze is None:
-        raise InvalidBinary("zebin has no .ze_info section")
+        raise InvalidBinary("zebin has no .ze_info section", rule="no-ze-info")
     if ze["sh_size"] > MAX_ZE_INFO:
-        raise InvalidBinary(f".ze_info of {ze['sh_size']} bytes is implausibly large")
+        raise InvalidBinary(f".ze_info of {ze['sh_size']} bytes is implausibly large", rule="ze-info-size")
     try:
         info = yaml.safe_load(ze.data().decode("utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise InvalidBinary(f".ze_info is not valid YAML: {e}") from None
+        raise InvalidBinary(f".ze_info is not valid YAML: {e}", rule="ze-info-yaml") from None
     if not isinstance(info, dict) or not isinstance(info.get("kernels", []), list):
-        raise InvalidBinary(".ze_info has no kernel list")
+        raise InvalidBinary(".ze_info has no kernel list", rule="ze-info-kernels")
     kernels = []
     for k in info.get("kernels") or []:
         if not isinstance(k, dict) or not isinstance(k.get("name"), str):
-            raise InvalidBinary(".ze_info kernel entry without a name")
+            raise InvalidBinary(".ze_info kernel entry without a name", rule="kernel-entry")
         env = k.get("execution_env") or {}
         if not isinstance(env, dict):
-            raise InvalidBinary(f".ze_info: kernel {k['name']}: execution_env is not a mapping")
+            raise InvalidBinary(f".ze_info: kernel {k['name']}: execution_env is not a mapping",
+                                rule="execution-env")
         scratch = private = 0
         for buf in k.get("per_thread_memory_buffers") or []:
             if not isinstance(buf, dict):
-                raise InvalidBinary(f".ze_info: kernel {k['name']}: bad per_thread_memory_buffers entry")
-            size = _int(buf.get("size"), "buffer size")
+                raise InvalidBinary(f".ze_info: kernel {k['name']}: bad per_thread_memory_buffers entry",
+                                    rule="buffer")
+            size = _int(buf.get("size"), "buffer size", "buffer")
             if buf.get("type") == "scratch":
                 scratch += size
             elif buf.get("type") == "private_space":
@@ -143,14 +162,16 @@ def _parse(data: bytes) -> Zebin:
         args = {a.get("arg_index") for a in (k.get("payload_arguments") or [])
                 if isinstance(a, dict) and isinstance(a.get("arg_index"), int)}
         kernels.append(ZebinKernel(
-            name=k["name"], grf_count=_int(env.get("grf_count"), "grf_count") or None,
-            simd_size=_int(env.get("simd_size"), "simd_size") or None,
-            slm_size=_int(env.get("slm_size"), "slm_size"), barrier_count=_int(env.get("barrier_count"), "barrier_count"),
+            name=k["name"], grf_count=_int(env.get("grf_count"), "grf_count", "execution-env") or None,
+            simd_size=_int(env.get("simd_size"), "simd_size", "execution-env") or None,
+            slm_size=_int(env.get("slm_size"), "slm_size", "execution-env"),
+            barrier_count=_int(env.get("barrier_count"), "barrier_count", "execution-env"),
             has_dpas=bool(env.get("has_dpas", False)), scratch_size=scratch, private_size=private,
             num_args=len(args), code_size=text.get(k["name"], 0)))
     missing = [k.name for k in kernels if k.name not in text]
     if missing:
-        raise InvalidBinary(f"kernel(s) {', '.join(missing)} in .ze_info have no .text section")
+        raise InvalidBinary(f"kernel(s) {', '.join(missing)} in .ze_info have no .text section",
+                            rule="missing-text")
     notes = {}
     compat = elf.get_section_by_name(".note.intelgt.compat")
     if compat is not None:
@@ -184,20 +205,21 @@ def is_fat(data: bytes) -> bool:
 def read_ar(data: bytes) -> dict[str, bytes]:
     """Members of an ``ar`` archive by name (GNU long names supported)."""
     if not is_fat(data):
-        raise InvalidBinary("not an ar archive (bad magic)")
+        raise InvalidBinary("not an ar archive (bad magic)", rule="ar-magic")
     members, longnames, pos = {}, b"", len(AR_MAGIC)
     while pos < len(data):
         if pos + _AR_HEADER > len(data):
-            raise InvalidBinary(f"truncated ar member header at byte offset {pos}")
+            raise InvalidBinary(f"truncated ar member header at byte offset {pos}", rule="ar-bounds")
         hdr = data[pos:pos + _AR_HEADER]
         if hdr[58:60] != b"`\n":
-            raise InvalidBinary(f"bad ar member header at byte offset {pos}")
+            raise InvalidBinary(f"bad ar member header at byte offset {pos}", rule="ar-header")
         try:
             size = int(hdr[48:58].decode("ascii").strip())
         except ValueError:
-            raise InvalidBinary(f"bad ar member size at byte offset {pos}") from None
+            raise InvalidBinary(f"bad ar member size at byte offset {pos}", rule="ar-size") from None
         if size < 0 or pos + _AR_HEADER + size > len(data):
-            raise InvalidBinary(f"ar member at byte offset {pos} ({size} bytes) runs past the end")
+            raise InvalidBinary(f"ar member at byte offset {pos} ({size} bytes) runs past the end",
+                                rule="ar-bounds")
         raw_name = hdr[:16].decode("ascii", "replace").rstrip()
         body = data[pos + _AR_HEADER:pos + _AR_HEADER + size]
         if raw_name == "//":
@@ -209,12 +231,13 @@ def read_ar(data: bytes) -> dict[str, bytes]:
                 off = int(raw_name[1:])
                 end = longnames.find(b"/\n", off)
                 if off >= len(longnames) or end < 0:
-                    raise InvalidBinary(f"ar long name reference {raw_name} is out of range")
+                    raise InvalidBinary(f"ar long name reference {raw_name} is out of range",
+                                        rule="ar-long-name")
                 name = longnames[off:end].decode("utf-8", "replace")
             else:
                 name = raw_name[:-1] if raw_name.endswith("/") else raw_name
             if name in members:
-                raise InvalidBinary(f"duplicate ar member {name!r}")
+                raise InvalidBinary(f"duplicate ar member {name!r}", rule="ar-duplicate")
             members[name] = bytes(body)
         pos += _AR_HEADER + size + (size & 1)
     return members
@@ -227,7 +250,8 @@ def select_from_fat(data: bytes, ip_version: str, names: tuple[str, ...] = ()) -
         if candidate in members:
             return candidate, members[candidate]
     devices = [m for m in members if not m.startswith("pad_") and m != "generic_ir"]
-    raise InvalidBinary(f"fat binary has no entry for {ip_version} (has: {', '.join(devices) or 'none'})")
+    raise InvalidBinary(f"fat binary has no entry for {ip_version} (has: {', '.join(devices) or 'none'})",
+                        rule="fat-no-member")
 
 
 # -- the Intel GPU runs-on rule ------------------------------------------------------------
@@ -283,13 +307,19 @@ def intel_gpu_can_run(req: Requirements, ip_version: str | None, decoder_version
     Returns ``(ok, rule, reason, member)``; ``member`` names the fat-archive member to load.
     """
     if req.kind == "intel-gpu-fat":
-        members = [m for m in req.get("members", []) if isinstance(m, dict)]
-        reasons = []
+        raw = req.get("members", [])
+        members = [m for m in raw if isinstance(m, dict)] if isinstance(raw, list) else []
         for m in members:
+            if _member_ip(str(m.get("member"))) != m.get("ip_version"):
+                return False, "requirements", f"fat member {m.get('member')!r} is not for IP {m.get('ip_version')}", None
+        same_ip = [m for m in members if m.get("ip_version") == ip_version]
+        for m in same_ip:
             ok, rule, reason, _ = intel_gpu_can_run(Requirements("intel-gpu", m), ip_version, decoder_version)
             if ok:
                 return True, "", "", str(m.get("member"))
-            reasons.append(reason)
+        if same_ip:                     # the member for this IP exists but fails another rule: say which
+            return (False, *intel_gpu_can_run(Requirements("intel-gpu", same_ip[0]), ip_version, decoder_version)[1:3],
+                    None)
         have = ", ".join(str(m.get("ip_version")) for m in members) or "none"
         return False, "ip-version", f"fat binary has no member for IP {ip_version} (has: {have})", None
     if req.kind != "intel-gpu":

@@ -39,7 +39,10 @@
  *   KBZE_DEVICE_NAME     the device name to report (default "<OpenCL CPU name> (kernbin Level
  *                        Zero CPU test driver)"), cut to ZE_MAX_DEVICE_NAME - 1 bytes at a UTF-8
  *                        character boundary; empty counts as unset
- * All knobs but KBZE_SPILL_BYTES are read once, at zeInit.
+ *   KBZE_CRASH_ON_NATIVE when set, zeModuleCreate(ZE_MODULE_FORMAT_NATIVE) aborts the process
+ *                        (SIGABRT), to play a driver that crashes on bytes it was handed (as an
+ *                        older runtime did on a newer zebin): kernbin's isolated check must report it
+ * All knobs but KBZE_SPILL_BYTES and KBZE_CRASH_ON_NATIVE are read once, at zeInit.
  */
 #define _GNU_SOURCE
 #define CL_TARGET_OPENCL_VERSION 300
@@ -575,6 +578,7 @@ static ze_result_t ZE_APICALL kb_zeModuleCreate(ze_context_handle_t hc, ze_devic
         prog = cl.CreateProgramWithIL(c->ctx, desc->pInputModule, desc->inputSize, &err);
         if (err != CL_SUCCESS) { set_log(plog, strdup("the SPIR-V module was rejected")); return ZE_RESULT_ERROR_INVALID_ARGUMENT; }
     } else if (desc->format == ZE_MODULE_FORMAT_NATIVE) {
+        if (getenv("KBZE_CRASH_ON_NATIVE") && *getenv("KBZE_CRASH_ON_NATIVE")) abort();
         const uint8_t *in = desc->pInputModule;
         uint32_t format, version;
         uint64_t size, checksum;
