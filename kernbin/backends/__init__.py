@@ -29,6 +29,8 @@ REGISTRY: dict[str, Entry] = {
     "level-zero": Entry("kernbin.backends.level_zero", "LevelZeroBackend", r"\d+", "level-zero:N"),
     "ocloc": Entry("kernbin.backends.ocloc", "OclocBackend", r"[a-z0-9][a-z0-9._-]*(,[a-z0-9][a-z0-9._-]*)*",
                    "ocloc:<device>[,<device>...] (e.g. ocloc:pvc, ocloc:pvc,acm-g10 for one fat binary)"),
+    "cuda": Entry("kernbin.backends.cuda", "CudaBackend", r"\d+|sm_\d{2,3}[af]?(,sm_\d{2,3}[af]?)*(,ptx)?",
+                  "cuda:N (a GPU), cuda:sm_90 / cuda:sm_90a (offline), cuda:sm_80,sm_90,ptx (one fatbin)"),
 }
 
 _instances: dict = {}

@@ -1,6 +1,13 @@
 """Sample kernels shipped with kernbin: OpenCL C sources, their committed SPIR-V
-(made by ``tools/make_samples.sh``), and for each a launch on fresh random inputs
-with its numpy reference. Used by the tests and by ``kernbin bench``.
+(made by ``tools/make_samples.sh``), the same kernels as CUDA C with their committed PTX
+for compute_80 (made by ``tools/make_cuda_samples.sh``), and for each a launch on fresh
+random inputs with its numpy reference. Used by the tests and by ``kernbin bench``.
+
+The CUDA kernels have the OpenCL kernels' names (``extern "C"``), algorithms and parameters,
+except that an OpenCL ``__local`` buffer parameter is dynamic shared memory in CUDA: a
+:class:`Launch` is written in OpenCL terms, and :meth:`Launch.cuda_args` turns it into a
+CUDA launch (grid, block, dynamic shared-memory bytes, and the arguments without the
+``LocalMemory`` entries).
 """
 
 from __future__ import annotations
@@ -12,9 +19,16 @@ from typing import Callable
 
 import numpy as np
 
-__all__ = ["Sample", "Launch", "SAMPLES", "spv_path", "probe_spirv"]
+__all__ = ["Sample", "Launch", "SAMPLES", "spv_path", "ptx_path", "probe_spirv", "CUDA_BLOCK_CAPS"]
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+#: Where a :class:`Launch` leaves the work-group size to the OpenCL runtime
+#: (``local_size=None``), :meth:`Launch.cuda_args` picks the CUDA block per dimension as the
+#: largest divisor of the global size not above these caps: 256 threads in 1-D, 16 x 16 in
+#: 2-D, 8 x 8 x 4 in 3-D (never more than 1024 threads, the CUDA limit). Today: vadd's
+#: 65536 work-items run as 256 blocks of 256; regheavy's (4, 4) as one block of (4, 4).
+CUDA_BLOCK_CAPS = {1: (256,), 2: (16, 16), 3: (8, 8, 4)}
 
 
 @dataclass
@@ -31,6 +45,27 @@ class Launch:
         got = self.args[self.out_index] if result is None else result
         return bool(np.allclose(got, self.expected, rtol=self.rtol, atol=self.atol))
 
+    def cuda_args(self) -> tuple:
+        """This launch in CUDA terms: ``(config, args)``.
+
+        ``config`` is a :class:`kernbin.LaunchConfig` whose grid x block is ``global_size``:
+        the block is ``local_size``, or where that is None, the largest divisor of the
+        global size per dimension within :data:`CUDA_BLOCK_CAPS`. ``args`` are this launch's
+        arguments, the same objects (so :meth:`correct` sees what the kernel wrote), less
+        the ``LocalMemory`` entries, whose sizes add up to ``config.shared_mem_bytes``
+        (the CUDA kernels take those buffers as dynamic shared memory). The samples put
+        their local buffers last, so ``out_index`` holds for these arguments too.
+        """
+        from ..backends._launch import LaunchConfig, LocalMemory
+        local = self.local_size
+        if local is None:
+            caps = CUDA_BLOCK_CAPS[len(self.global_size)]
+            local = tuple(max(d for d in range(1, min(g, cap) + 1) if g % d == 0)
+                          for g, cap in zip(self.global_size, caps))
+        shared = sum(a.nbytes for a in self.args if isinstance(a, LocalMemory))
+        args = [a for a in self.args if not isinstance(a, LocalMemory)]
+        return LaunchConfig.nd(self.global_size, local, shared_mem_bytes=shared), args
+
 
 @dataclass(frozen=True)
 class Sample:
@@ -43,9 +78,18 @@ class Sample:
     def spv(self) -> str:
         return spv_path(self.name)
 
+    @property
+    def ptx(self) -> str:
+        """The PTX (compute_80) of the CUDA C twin of this sample, ``<name>.ptx``."""
+        return ptx_path(self.name)
+
 
 def spv_path(name: str) -> str:
     return os.path.join(HERE, f"{name}.spv")
+
+
+def ptx_path(name: str) -> str:
+    return os.path.join(HERE, f"{name}.ptx")
 
 
 def probe_spirv() -> bytes:
