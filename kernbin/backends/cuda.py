@@ -186,7 +186,7 @@ def _kernels_from_log(ir: IR, log: str) -> tuple[KernelInfo, ...]:
 def _jitlink(ir: IR, arch: str, flags: tuple[str, ...]) -> tuple[bytes, str]:
     """PTX -> cubin for ``arch`` through nvJitLink; (cubin, verbose info log)."""
     nj = _nvjitlink()
-    options = [f"-arch={arch}", "-verbose", *flags]
+    options = [f"-arch={arch}", "-verbose", "-Xptxas=-v", *flags]      # ptxas -v: registers and spills
     handle = None
     try:
         handle = nj.create(len(options), options)
