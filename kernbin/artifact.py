@@ -225,7 +225,7 @@ class NativeBinary:
 
 #: the largest .knb kernbin reads from a file (a device binary of a few hundred MB at most)
 MAX_KNB_BYTES = 1 << 30
-_info_cache: dict[bytes, BuildInfo] = {}
+_info_cache: dict[bytes, object] = {}
 _INFO_CACHE_ENTRIES = 256
 
 
@@ -265,18 +265,29 @@ def _info_for(c) -> BuildInfo:
     """BuildInfo from a verified container header, memoised by the header's BLAKE3 digest (the
     same header bytes always give the same BuildInfo; its nested data is frozen, since it is shared)."""
     info = _info_cache.get(c.header_digest)
-    if info is None:
+    if info is None or info is _SEEN_ONCE:
         try:
-            info = _frozen(BuildInfo.from_json(c.meta.get("build")))
+            info_new = BuildInfo.from_json(c.meta.get("build"))
         except (ValueError, TypeError, KernbinError, RecursionError, ArithmeticError) as e:
             raise InvalidBinary(f"bad build info in the header: {e}", rule="build-info") from None
-        if len(_info_cache) >= _INFO_CACHE_ENTRIES:
-            try:
-                _info_cache.pop(next(iter(_info_cache)), None)
-            except (RuntimeError, StopIteration):      # another thread is evicting too
-                pass
-        _info_cache[c.header_digest] = info
+        if info is None:              # first sight: this caller alone holds it, no need to freeze
+            _remember(c.header_digest, _SEEN_ONCE)
+            return info_new
+        info = _frozen(info_new)      # seen again (a cache hit path): share one frozen copy
+        _remember(c.header_digest, info)
     return info
+
+
+_SEEN_ONCE = object()
+
+
+def _remember(digest: bytes, value) -> None:
+    if len(_info_cache) >= _INFO_CACHE_ENTRIES:
+        try:
+            _info_cache.pop(next(iter(_info_cache)), None)
+        except (RuntimeError, StopIteration):      # another thread is evicting too
+            pass
+    _info_cache[digest] = value
 
 
 def _explain(e: "container.ContainerError") -> InvalidBinary:

@@ -20,7 +20,6 @@ The digest is BLAKE3-256 (chosen by measurement, see ``benchmarks/digest.py``).
 from __future__ import annotations
 
 import json
-import marshal
 import math
 import mmap
 import os
@@ -228,15 +227,14 @@ def _check_table(sections, align: int) -> tuple[list, int]:
 class _Layout:
     """What a header says, checked: derived from the header bytes alone, so it is cached by
     header digest, with the bytes that were verified to have that digest (a later header equal
-    to them needs no hashing). ``meta`` is kept as a marshal snapshot of our own parse (never
-    of file bytes) so that every container gets its own fresh dict."""
+    to them needs no hashing). ``meta`` is not kept: a container built from a cached layout
+    decodes its own fresh copy from ``hbytes`` if and when it is asked for."""
 
-    __slots__ = ("hbytes", "meta_snapshot", "align", "table", "index", "names", "start", "end")
+    __slots__ = ("hbytes", "align", "table", "index", "names", "start", "end")
 
     def __init__(self, hbytes: bytes, meta: dict, align: int, table: list, end: int):
         hlen = len(hbytes)
         self.hbytes = hbytes                    # known to hash to the digest it is cached under
-        self.meta_snapshot = marshal.dumps(meta)
         self.align = align
         self.table = tuple(table)
         self.index = {e[0]: e for e in table}
@@ -266,17 +264,14 @@ def _layout(hbytes: bytes, hdigest: bytes, total: int) -> tuple[_Layout, dict]:
     layout = _LAYOUTS.get(hdigest)
     if layout is not None and layout.hbytes == hbytes:   # these bytes were hashed to hdigest before
         layout.check_length(total)
-        return layout, None                               # meta decoded from the snapshot on first use
+        return layout, None                               # meta decoded from hbytes on first use
     if blake3(hbytes).digest() != hdigest:
         raise ContainerError("header-digest", "header digest mismatch (corrupted header)")
     doc = _decode_header(hbytes)
     align = doc["align"]
     _check_align(align)
     table, end = _check_table(doc["sections"], align)
-    try:
-        layout = _Layout(hbytes, doc["meta"], align, table, end)
-    except (ValueError, RecursionError) as e:      # marshal's depth limit, under a raised recursion limit
-        raise ContainerError("header-json", f"header nests too deeply: {e}") from None
+    layout = _Layout(hbytes, doc["meta"], align, table, end)
     layout.check_length(total)
     if len(hbytes) <= _LAYOUT_CACHE_MAX_HEADER:
         if len(_LAYOUTS) >= _LAYOUT_CACHE_ENTRIES:
@@ -392,7 +387,7 @@ class Container:
     def meta(self) -> dict:
         """The caller's header dict (this container's own copy)."""
         if self._meta is None:
-            self._meta = marshal.loads(self._layout.meta_snapshot)
+            self._meta = _decode_header(self._layout.hbytes)["meta"]
         return self._meta
 
     @property
