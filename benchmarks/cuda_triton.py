@@ -8,13 +8,16 @@ Needs a CUDA GPU and Triton (to make the PTX; run where both exist). Steps, all 
 1. Triton compiles 9 kernels (vector add, row softmax and a tl.dot matmul, 3 sizes each) for the
    GPU in front of it; kernbin builds each PTX offline into a cubin (nvJitLink, the architecture
    Triton targeted) and saves a ``.knb``.
-2. For every repetition, every kernel and every path, a fresh Python process (which has already
-   imported ``cuda.bindings``, initialised the driver and made the context current) times:
+2. For every repetition and every path, a fresh Python process (which has already imported
+   ``cuda.bindings`` and kernbin, initialised the driver and made the context current) loads all
+   9 kernels one after the other (a different one first each repetition) and times each load:
    ``ptx``    ``cuModuleLoadData(ptx)`` + ``cuModuleGetFunction`` with ``CUDA_CACHE_DISABLE=1``
               (the driver's JIT, what a cold process pays without a cubin);
    ``native`` ``kernbin.load(.knb bytes)`` (container verification, runs-on gate, load) + the function;
    ``raw``    ``cuModuleLoadData(cubin)`` + ``cuModuleGetFunction`` on the bare cubin.
-Medians per kernel and path, the aggregate PTX/native ratio and kernbin's overhead over raw.
+Per kernel and path: the median of its loads when it was not the process's first (steady state);
+separately, the median first load of a process (cold code paths included). Aggregate PTX/native
+ratio and kernbin's overhead over raw per kernel.
 """
 from __future__ import annotations
 
@@ -30,27 +33,29 @@ import time
 _WORKER = r"""
 import sys, time, json
 from cuda.bindings import driver as cu
-mode, path, name = sys.argv[1:4]
+mode, listing = sys.argv[1], json.loads(sys.argv[2])       # [[path, entry], ...]
 cu.cuInit(0)
 err, dev = cu.cuDeviceGet(0)
 err, ctx = cu.cuDevicePrimaryCtxRetain(dev)
 cu.cuCtxSetCurrent(ctx)
 import kernbin
 device = kernbin.open_device("cuda:0")
-data = open(path, "rb").read()
-t0 = time.perf_counter()
-if mode == "native":
-    m = kernbin.load(data, device, fallback=False)
-    m.kernel(name)
-else:
-    if mode == "ptx" and not data.endswith(b"\0"):
-        data += b"\0"
-    err, mod = cu.cuModuleLoadData(data)
-    assert int(err) == 0, err
-    err, f = cu.cuModuleGetFunction(mod, name.encode())
-    assert int(err) == 0, err
-t = time.perf_counter() - t0
-print(json.dumps({"seconds": t}))
+blobs = [(open(p, "rb").read(), name) for p, name in listing]
+out = []
+for data, name in blobs:
+    t0 = time.perf_counter()
+    if mode == "native":
+        m = kernbin.load(data, device, fallback=False)
+        m.kernel(name)
+    else:
+        if mode == "ptx" and not data.endswith(b"\0"):
+            data += b"\0"
+        err, mod = cu.cuModuleLoadData(data)
+        assert int(err) == 0, err
+        err, f = cu.cuModuleGetFunction(mod, name.encode())
+        assert int(err) == 0, err
+    out.append(time.perf_counter() - t0)
+print(json.dumps(out))
 """
 
 
@@ -113,13 +118,13 @@ def _compile(fn, signature, constexprs, num_warps, cc):
     return k, time.perf_counter() - t0
 
 
-def _spawn(mode, path, name):
+def _spawn(mode, listing):
     env = dict(os.environ, CUDA_CACHE_DISABLE="1")
-    p = subprocess.run([sys.executable, "-c", _WORKER, mode, path, name], capture_output=True, text=True, env=env,
-                       timeout=600)
+    p = subprocess.run([sys.executable, "-c", _WORKER, mode, json.dumps(listing)], capture_output=True, text=True,
+                       env=env, timeout=600)
     if p.returncode != 0:
-        raise SystemExit(f"worker {mode} {name} failed: {p.stderr[-1500:]}")
-    return json.loads(p.stdout.strip().splitlines()[-1])["seconds"]
+        raise SystemExit(f"worker {mode} failed: {p.stderr[-1500:]}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
 
 
 def main(argv=None) -> int:
@@ -146,11 +151,16 @@ def main(argv=None) -> int:
             native.without_ir().save(paths["native"])
             open(paths["raw"], "wb").write(native.binary)
             files[name] = (paths, entry, compile_s, arch, native.info.kernel(entry).attributes)
-        times = {n: {m: [] for m in ("ptx", "native", "raw")} for n in files}
-        for _ in range(args.repeat):
-            for n, (paths, entry, *_rest) in files.items():
-                for m in ("ptx", "native", "raw"):
-                    times[n][m].append(_spawn(m, paths[m], entry))
+        names = list(files)
+        times = {n: {m: [] for m in ("ptx", "native", "raw")} for n in names}
+        first = {m: [] for m in ("ptx", "native", "raw")}
+        for r in range(args.repeat):
+            order = names[r % len(names):] + names[:r % len(names)]     # each kernel takes a turn at first
+            for m in ("ptx", "native", "raw"):
+                secs = _spawn(m, [[files[n][0][m], files[n][1]] for n in order])
+                first[m].append(secs[0])
+                for n, t in zip(order[1:], secs[1:]):                  # steady state: not the first load
+                    times[n][m].append(t)
         for n, (paths, entry, compile_s, arch, attrs) in files.items():
             med = {m: statistics.median(times[n][m]) for m in times[n]}
             rows.append({"kernel": n, "entry": entry, "triton_compile_s": compile_s, "ptx_s": med["ptx"],
@@ -158,7 +168,8 @@ def main(argv=None) -> int:
                          "overhead": med["native"] / med["raw"], "overhead_us": (med["native"] - med["raw"]) * 1e6,
                          "registers": attrs.get("registers"), "runs": times[n]})
     tot = {k: sum(r[f"{k}_s"] for r in rows) for k in ("ptx", "native", "raw")}
-    report = {"device": dev.id.describe(), "repeat": args.repeat, "kernels": rows,
+    first_med = {m: statistics.median(v) for m, v in first.items()}
+    report = {"device": dev.id.describe(), "repeat": args.repeat, "kernels": rows, "first_load_s": first_med,
               "ptx_total_s": tot["ptx"], "native_total_s": tot["native"], "raw_total_s": tot["raw"],
               "ratio": tot["ptx"] / tot["native"], "native_over_raw": tot["native"] / tot["raw"],
               "overhead_us_per_kernel": (tot["native"] - tot["raw"]) / len(rows) * 1e6}
@@ -173,6 +184,8 @@ def main(argv=None) -> int:
     print(f"{'all':22s} {tot['ptx'] * 1e3:11.2f} {tot['native'] * 1e3:10.3f} {tot['raw'] * 1e3:8.3f} "
           f"{report['ratio']:8.0f}x {report['native_over_raw']:7.2f}x  "
           f"({report['overhead_us_per_kernel']:.1f} us per kernel over raw)")
+    print(f"first load in a fresh process (median over kernels taking turns): PTX {first_med['ptx'] * 1e3:.2f} ms, "
+          f"native {first_med['native'] * 1e3:.3f} ms, raw {first_med['raw'] * 1e3:.3f} ms")
     return 0
 
 
