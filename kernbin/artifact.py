@@ -13,7 +13,9 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass, field, replace
-from typing import Mapping
+from typing import Any, Mapping
+
+import msgspec
 
 from . import container
 from ._fs import atomic_write
@@ -95,43 +97,73 @@ class BuildInfo:
 
     @classmethod
     def from_json(cls, obj) -> "BuildInfo":
-        """Parse and type-check; raises ValueError (or KernbinError from the options) on any defect."""
-        if not isinstance(obj, dict):
-            raise ValueError("build info must be a JSON object")
+        """Parse and type-check a JSON object; raises ValueError (or KernbinError from the options)
+        on any defect. The same typed schema (:class:`_BuildJSON`) as the ``.knb`` reader uses."""
         try:
-            flags = obj["flags"]
-            if not isinstance(flags, list) or not all(isinstance(f, str) for f in flags):
-                raise ValueError("build info 'flags' must be a list of strings")
-            rf = obj.get("register_file")
-            if rf is not None and not isinstance(rf, dict):
-                raise ValueError("build info 'register_file' must be an object")
-            extra = obj.get("extra", {})
-            if not isinstance(extra, dict):
-                raise ValueError("build info 'extra' must be an object")
-            kernels = obj.get("kernels", [])
-            if not isinstance(kernels, list):
-                raise ValueError("build info 'kernels' must be a list")
-            seconds = obj.get("build_seconds", 0.0)
-            if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or \
-                    not 0 <= seconds < 1e9:
-                raise ValueError("build info 'build_seconds' must be a number of seconds")
-            info = cls(
-                target=obj["target"], toolchain=Toolchain.from_json(obj["toolchain"]),
-                requires=Requirements.from_json(obj["requires"]), ir_kind=obj["ir_kind"],
-                ir_sha256=obj["ir_sha256"], options=BuildOptions.from_json(obj["options"]), flags=tuple(flags),
-                binary_format=obj["binary_format"], kernels=tuple(KernelInfo.from_json(k) for k in kernels),
-                built_on=obj.get("built_on", ""), device_fingerprint=obj.get("device_fingerprint", ""), build_log=obj.get("build_log", ""),
-                build_seconds=float(seconds), register_file=rf, extra=extra,
-            )
-        except KeyError as e:
-            raise ValueError(f"build info is missing {e.args[0]!r}") from None
-        except KernbinError as e:
-            raise ValueError(f"build info options: {e}") from None
-        for name in ("target", "ir_kind", "ir_sha256", "binary_format", "build_log", "built_on",
-                     "device_fingerprint"):
-            if not isinstance(getattr(info, name), str):
-                raise ValueError(f"build info field {name!r} must be a string")
-        return info
+            j = msgspec.convert(obj, _BuildJSON)
+        except msgspec.ValidationError as e:
+            raise ValueError(f"build info: {e}") from None
+        return _info_from(j)
+
+
+# -- the typed JSON schema of BuildInfo (decoded in C by msgspec; unknown keys are ignored so that
+# a newer kernbin may add fields without a format bump) -----------------------------------------
+
+class _KernelJSON(msgspec.Struct):
+    name: str
+    attributes: dict[str, int | str] = {}
+
+
+class _ToolchainJSON(msgspec.Struct):
+    backend: str
+    compiler: str
+    driver: str
+    versions: dict[str, str] = {}
+
+
+class _OptionsJSON(msgspec.Struct):
+    flags: list[str]
+    register_file: str = "default"
+    spill_threshold: int = 0
+
+
+class _BuildJSON(msgspec.Struct):
+    target: str
+    toolchain: _ToolchainJSON
+    requires: dict[str, Any]
+    ir_kind: str
+    ir_sha256: str
+    options: _OptionsJSON
+    flags: list[str]
+    binary_format: str
+    kernels: list[_KernelJSON] = []
+    built_on: str = ""
+    device_fingerprint: str = ""
+    build_log: str = ""
+    build_seconds: float = 0.0
+    register_file: dict[str, Any] | None = None
+    extra: dict[str, Any] = {}
+
+
+class _MetaJSON(msgspec.Struct):
+    build: _BuildJSON
+
+
+_META = msgspec.json.Decoder(_MetaJSON)
+
+
+def _info_from(j: _BuildJSON) -> BuildInfo:
+    if not 0 <= j.build_seconds < 1e9:
+        raise ValueError("build info 'build_seconds' must be a number of seconds")
+    t = j.toolchain
+    return BuildInfo(
+        target=j.target, toolchain=Toolchain(t.backend, t.compiler, t.driver, t.versions),
+        requires=Requirements.from_json(j.requires), ir_kind=j.ir_kind, ir_sha256=j.ir_sha256,
+        options=BuildOptions(tuple(j.options.flags), j.options.register_file, j.options.spill_threshold),
+        flags=tuple(j.flags), binary_format=j.binary_format,
+        kernels=tuple(KernelInfo(k.name, k.attributes) for k in j.kernels), built_on=j.built_on,
+        device_fingerprint=j.device_fingerprint, build_log=j.build_log, build_seconds=j.build_seconds,
+        register_file=j.register_file, extra=j.extra)
 
 
 @dataclass(frozen=True)
@@ -267,8 +299,8 @@ def _info_for(c) -> BuildInfo:
     info = _info_cache.get(c.header_digest)
     if info is None or info is _SEEN_ONCE:
         try:
-            info_new = BuildInfo.from_json(c.meta.get("build"))
-        except (ValueError, TypeError, KernbinError, RecursionError, ArithmeticError) as e:
+            info_new = _info_from(_META.decode(c.meta_raw).build)
+        except (msgspec.DecodeError, ValueError, TypeError, KernbinError, RecursionError, ArithmeticError) as e:
             raise InvalidBinary(f"bad build info in the header: {e}", rule="build-info") from None
         if info is None:              # first sight: this caller alone holds it, no need to freeze
             _remember(c.header_digest, _SEEN_ONCE)

@@ -20,13 +20,13 @@ The digest is BLAKE3-256 (chosen by measurement, see ``benchmarks/digest.py``).
 from __future__ import annotations
 
 import json
-import math
 import mmap
 import os
 import re
 import struct
 from typing import Callable, Collection
 
+import msgspec
 from blake3 import blake3
 
 from .errors import InvalidBinary
@@ -43,8 +43,6 @@ PREFIX_SIZE = _PREFIX.size           # 48
 NAME_PATTERN = r"[A-Za-z0-9._:+-]{1,128}"
 _NAME = re.compile(NAME_PATTERN)
 _HEX = re.compile(r"[0-9a-f]{64}")
-_HEADER_KEYS = frozenset(("align", "digest", "meta", "sections"))
-_ENTRY_KEYS = frozenset(("name", "offset", "size", "digest"))
 _U32 = 0xFFFFFFFF
 
 #: every value ``ContainerError.rule`` can take
@@ -145,72 +143,70 @@ def _check_prefix(prefix, total: int, magic: bytes, versions, max_header: int) -
     return version, hlen, hdigest
 
 
-def _no_constant(name: str):
-    raise ValueError(f"{name} is not JSON")
+class _Section(msgspec.Struct, forbid_unknown_fields=True):
+    name: str
+    offset: int
+    size: int
+    digest: str
 
 
-def _finite(text: str) -> float:
-    value = float(text)
-    if math.isinf(value):
-        raise ValueError(f"number {text} overflows a double")
-    return value
+class _Header(msgspec.Struct, forbid_unknown_fields=True):
+    align: int
+    digest: str
+    meta: msgspec.Raw                  # the format's own object, decoded by the format (typed) on demand
+    sections: list[_Section]
 
 
-def _unique_keys(pairs: list) -> dict:
-    d = dict(pairs)
-    if len(d) != len(pairs):
-        raise ValueError("duplicate key in an object")
-    return d
+# Strict JSON, typed, in C (msgspec): UTF-8 only, no NaN/Infinity, no number out of range, no lone
+# surrogate escapes, no unknown or missing keys, ints that are ints (not bools). A repeated key in
+# an object is decoded as its last value (JSON leaves this open; only kernbin reads these headers).
+_HEADER = msgspec.json.Decoder(_Header)
 
 
-# Strict JSON: no NaN/Infinity, no number that overflows to inf, no duplicate keys.
-_DECODER = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite, object_pairs_hook=_unique_keys)
-
-
-def _decode_header(hbytes: bytes) -> dict:
+def _decode_header(hbytes: bytes) -> _Header:
     try:
-        doc = _DECODER.decode(hbytes.decode("utf-8"))   # never bytes to json: it would guess UTF-16/32
-        if b"\\u" in hbytes:         # \u escapes present: refuse "\ud800" (a lone surrogate is not text)
-            json.dumps(doc, ensure_ascii=False).encode("utf-8")
-    except Exception as e:           # UnicodeError, ValueError, RecursionError (deep nesting), ...
-        raise ContainerError("header-json", f"header is not strict UTF-8 JSON: {type(e).__name__}: {e}") from None
-    if type(doc) is not dict:
-        raise ContainerError("header-json", f"header must be a JSON object, got {type(doc).__name__}")
-    if doc.keys() != _HEADER_KEYS:
-        raise ContainerError("header-json", f"header keys must be {sorted(_HEADER_KEYS)}, got {sorted(doc)}")
-    if doc["digest"] != DIGEST:
-        raise ContainerError("header-json", f"unknown digest {doc['digest']!r} (this reader knows {DIGEST!r})")
-    if type(doc["meta"]) is not dict:
+        doc = _HEADER.decode(hbytes)
+    except (msgspec.DecodeError, RecursionError, ValueError) as e:
+        text = str(e)
+        rule = "header-json"
+        if isinstance(e, msgspec.ValidationError) and ("$.sections" in text or "$.align" in text):
+            rule = "section-name" if text.rstrip("`").endswith(".name") else "section-table"
+        raise ContainerError(rule, f"header is not strict JSON of the container's shape: {text}") from None
+    if doc.digest != DIGEST:
+        raise ContainerError("header-json", f"unknown digest {doc.digest!r} (this reader knows {DIGEST!r})")
+    if bytes(doc.meta)[:1] != b"{":
         raise ContainerError("header-json", "'meta' must be a JSON object")
     return doc
+
+
+def decode_meta(raw, type=dict):
+    """Decode ``meta`` (raw JSON bytes) into ``type`` (a msgspec type; default a plain dict)."""
+    try:
+        return msgspec.json.decode(raw, type=type)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError, ValueError) as e:
+        raise ContainerError("header-json", f"'meta' is not what this format expects: {e}") from None
 
 
 def _int(v) -> bool:
     return type(v) is int and v >= 0
 
 
-def _check_table(sections, align: int) -> tuple[list, int]:
-    """Validate the whole section table: types, names, order, alignment, no holes or overlaps.
-
-    Returns ([(name, offset, size, digest bytes)], end of the last section). Nothing is read."""
-    if type(sections) is not list:
-        raise ContainerError("section-table", "'sections' must be a list")
+def _check_table(sections: list, align: int) -> tuple[list, int]:
+    """Validate the whole section table: names, order, alignment, no holes or overlaps (types were
+    checked by the decoder). Returns ([(name, offset, size, digest bytes)], end of the last section).
+    Nothing is read."""
     out, seen, end = [], set(), 0
-    for i, s in enumerate(sections):
-        if type(s) is not dict or s.keys() != _ENTRY_KEYS:
-            raise ContainerError("section-table", f"section entry {i} must be an object with keys "
-                                 f"{sorted(_ENTRY_KEYS)}")
-        name, offset, size, hexd = s["name"], s["offset"], s["size"], s["digest"]
-        if type(name) is not str or not _NAME.fullmatch(name):
-            raise ContainerError("section-name", f"section entry {i} has an illegal name {name!r}",
-                                 section=_str_or_none(name))
+    for s in sections:
+        name, offset, size, hexd = s.name, s.offset, s.size, s.digest
+        if not _NAME.fullmatch(name):
+            raise ContainerError("section-name", f"illegal section name {name!r}", section=name)
         if name in seen:
             raise ContainerError("section-name", f"duplicate section name {name!r}", section=name)
         seen.add(name)
-        if not _int(offset) or not _int(size):
+        if offset < 0 or size < 0:
             raise ContainerError("section-table", f"section {name!r}: offset and size must be non-negative "
                                  f"integers, got {offset!r} and {size!r}", section=name)
-        if type(hexd) is not str or not _HEX.fullmatch(hexd):
+        if not _HEX.fullmatch(hexd):
             raise ContainerError("section-table", f"section {name!r}: digest must be 64 lowercase hex digits",
                                  section=name)
         expected = _round_up(end, align)
@@ -230,11 +226,12 @@ class _Layout:
     to them needs no hashing). ``meta`` is not kept: a container built from a cached layout
     decodes its own fresh copy from ``hbytes`` if and when it is asked for."""
 
-    __slots__ = ("hbytes", "align", "table", "index", "names", "start", "end")
+    __slots__ = ("hbytes", "meta_raw", "align", "table", "index", "names", "start", "end")
 
-    def __init__(self, hbytes: bytes, meta: dict, align: int, table: list, end: int):
+    def __init__(self, hbytes: bytes, meta_raw: bytes, align: int, table: list, end: int):
         hlen = len(hbytes)
         self.hbytes = hbytes                    # known to hash to the digest it is cached under
+        self.meta_raw = meta_raw                # the format's meta, raw JSON (immutable bytes)
         self.align = align
         self.table = tuple(table)
         self.index = {e[0]: e for e in table}
@@ -264,14 +261,14 @@ def _layout(hbytes: bytes, hdigest: bytes, total: int) -> tuple[_Layout, dict]:
     layout = _LAYOUTS.get(hdigest)
     if layout is not None and layout.hbytes == hbytes:   # these bytes were hashed to hdigest before
         layout.check_length(total)
-        return layout, None                               # meta decoded from hbytes on first use
+        return layout, None                               # meta decoded on first use
     if blake3(hbytes).digest() != hdigest:
         raise ContainerError("header-digest", "header digest mismatch (corrupted header)")
     doc = _decode_header(hbytes)
-    align = doc["align"]
+    align = doc.align
     _check_align(align)
-    table, end = _check_table(doc["sections"], align)
-    layout = _Layout(hbytes, doc["meta"], align, table, end)
+    table, end = _check_table(doc.sections, align)
+    layout = _Layout(hbytes, bytes(doc.meta), align, table, end)
     layout.check_length(total)
     if len(hbytes) <= _LAYOUT_CACHE_MAX_HEADER:
         if len(_LAYOUTS) >= _LAYOUT_CACHE_ENTRIES:
@@ -280,7 +277,7 @@ def _layout(hbytes: bytes, hdigest: bytes, total: int) -> tuple[_Layout, dict]:
             except (KeyError, RuntimeError, StopIteration):    # another thread got there first
                 pass
         _LAYOUTS[hdigest] = layout
-    return layout, doc["meta"]
+    return layout, None
 
 
 def _gaps(hend: int, start: int, table: list):
@@ -387,8 +384,13 @@ class Container:
     def meta(self) -> dict:
         """The caller's header dict (this container's own copy)."""
         if self._meta is None:
-            self._meta = _decode_header(self._layout.hbytes)["meta"]
+            self._meta = decode_meta(self._layout.meta_raw)
         return self._meta
+
+    @property
+    def meta_raw(self) -> bytes:
+        """``meta`` as raw JSON bytes, for a format that decodes it into its own types."""
+        return self._layout.meta_raw
 
     @property
     def names(self) -> tuple[str, ...]:

@@ -8,7 +8,7 @@ set -uo pipefail
 what=${1:-all}; out=${2:-benchmarks/results}; repeat=${3:-7}
 mkdir -p "$out"
 py=python3
-$py -m pip install -q --no-index --find-links .devwheels blake3 platformdirs pyelftools nvidia-nvfatbin 2>&1 | tail -2
+$py -m pip install -q --no-index --find-links .devwheels blake3 msgspec platformdirs pyelftools nvidia-nvfatbin 2>&1 | tail -2
 export PYTHONPATH=$PWD
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/cuda_gpu.txt"
 if [ "$what" != bench ]; then

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import re
+import threading
 import time
 import weakref
 
@@ -41,6 +42,7 @@ INSTALL_HINT = ("pip install 'kernbin[cuda]' (cuda-bindings, nvidia-nvjitlink, n
 #: offline targets `kernbin devices` lists (any sm_XY nvJitLink knows can be targeted)
 LISTED = ("sm_80", "sm_86", "sm_89", "sm_90", "sm_90a", "sm_100", "sm_120")
 _SMALL_SHARED = 48 << 10
+_thread = threading.local()
 
 
 # -- imports and the driver -----------------------------------------------------------------
@@ -328,8 +330,11 @@ class CudaDevice(Device):
         self.current()
 
     def current(self) -> None:
-        """Make this device's primary context current on the calling thread."""
-        _ok(self.cu.cuCtxSetCurrent(self.context), "cuCtxSetCurrent")
+        """Make this device's primary context current on the calling thread (a no-op when this
+        thread last made it current through kernbin)."""
+        if getattr(_thread, "context", None) is not self.context:
+            _ok(self.cu.cuCtxSetCurrent(self.context), "cuCtxSetCurrent")
+            _thread.context = self.context
 
     @property
     def handle(self):
@@ -483,7 +488,9 @@ class CudaModule(Module):
         super().__init__(device, native)
         self.handle = handle
         self._names = native.kernel_names if native is not None and native.kernel_names else tuple(names)
-        self._finalizer = weakref.finalize(self, _unload, device.cu, handle)
+
+    def __del__(self):
+        _unload(self.device.cu, self.handle)
 
     @property
     def kernel_names(self) -> tuple[str, ...]:

@@ -198,11 +198,13 @@ _SPILL = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) b
 _USED = re.compile(r"[Uu]sed (\d+) registers")
 _SMEM = re.compile(r"(\d+) bytes smem")
 _LMEM = re.compile(r"(\d+) bytes lmem")
+_STACK = re.compile(r"(\d+) stack\b")
 
 
 def parse_ptxas_log(log: str) -> dict[str, dict[str, int]]:
-    """Per kernel from ptxas / nvJitLink verbose output: registers, spill_stores, spill_loads,
-    stack_frame, shared (static smem) and local (lmem) bytes."""
+    """Per kernel from ptxas / nvJitLink verbose output: registers, spill_stores, spill_loads (and
+    spill_bytes = spill_stores) when ptxas reports them, stack_frame, shared (static smem) and
+    local (lmem) bytes. A figure the log does not give is absent, never guessed."""
     out: dict[str, dict[str, int]] = {}
     current = None
     for line in log.splitlines()[:100_000]:
@@ -224,6 +226,10 @@ def parse_ptxas_log(log: str) -> dict[str, dict[str, int]]:
         lm = _LMEM.search(line)
         if lm:
             current["local"] = int(lm.group(1))
+        st = _STACK.search(line)
+        if st and "stack_frame" not in current:
+            current["stack_frame"] = int(st.group(1))
     for k in out.values():
-        k["spill_bytes"] = k.get("spill_stores", 0)
+        if "spill_stores" in k:               # only ptxas -v reports spills; older nvJitLink logs do not
+            k["spill_bytes"] = k["spill_stores"]
     return out
