@@ -367,3 +367,25 @@ def test_stale_temp_files_anywhere_in_the_store_are_swept(tmp_path):
     store.prune(1 << 30)
     assert not any(os.path.exists(p) for p in stale)
     assert os.path.exists(fresh) and store.get(key) is not None
+
+
+def test_pending_hits_are_not_counted_twice_across_fork(tmp_path):
+    code = f"""
+import os
+from kernbin.cache import Cache, LocalStore
+import sys; sys.path.insert(0, {os.path.join(ROOT, 'tests')!r})
+from test_cache import synthetic
+c = Cache(LocalStore({str(tmp_path)!r}))
+key, nb = synthetic("fork")
+c.put(key, nb)
+for _ in range(10):
+    assert c.get(key) is not None
+pid = os.fork()
+if pid == 0:
+    sys.exit(0)          # a normal exit runs the finalizers: they must not flush the parent's hits
+os.waitpid(pid, 0)
+print(c.stats()["hits"])
+"""
+    p = run_py(code)
+    assert p.returncode == 0, p.stderr
+    assert int(p.stdout.split()[-1]) == 10

@@ -73,21 +73,21 @@ class _PendingHits:
     def __init__(self, events: str):
         self.events, self.n, self.saved, self.since = events, 0, 0.0, time.monotonic()
         self.lock = threading.Lock()
-        self.pid = os.getpid()
+        if hasattr(os, "register_at_fork"):
+            ref = weakref.ref(self)
+            os.register_at_fork(after_in_child=lambda: (p := ref()) is not None and p._reset())
+
+    def _reset(self) -> None:
+        self.lock = threading.Lock()      # the parent's lock may have been held at fork time
+        self.n, self.saved = 0, 0.0
 
     def add(self, saved: float) -> None:
         with self.lock:
-            self._forked()
             self.n += 1
             self.saved += saved
 
-    def _forked(self) -> None:
-        if self.pid != os.getpid():
-            self.pid, self.n, self.saved = os.getpid(), 0, 0.0
-
     def flush(self) -> None:
         with self.lock:
-            self._forked()
             n, saved, self.n, self.saved = self.n, self.saved, 0, 0.0
             self.since = time.monotonic()
         if n:
