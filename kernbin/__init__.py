@@ -27,6 +27,7 @@ _LAZY = {
     "list_devices": "api", "open_device": "api", "build": "api", "build_many": "api", "load": "api", "check": "api",
     "get_or_build": "api", "get_or_build_ex": "api", "default_cache": "api", "read_native": "api",
     "describe_file": "inspect",
+    "open_bundle": "api", "create_bundle": "api",
 }
 
 __all__ = ["__version__", "BuildError", "FallbackWarning", "IncompatibleBinary", "InvalidBinary",

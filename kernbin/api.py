@@ -30,7 +30,7 @@ from .options import BuildOptions
 from .target import Target, parse_target
 
 __all__ = ["list_devices", "open_device", "build", "build_many", "load", "check", "get_or_build",
-           "get_or_build_ex", "default_cache", "read_native"]
+           "get_or_build_ex", "default_cache", "read_native", "open_bundle", "load_from_bundle", "create_bundle"]
 
 
 def list_devices(backends=None) -> list:
@@ -59,13 +59,43 @@ def _device(target_or_device):
     return target_or_device
 
 
-def read_native(source) -> NativeBinary:
-    """A verified :class:`NativeBinary` from itself, ``.knb`` bytes or a path."""
+def read_native(source, trusted_keys=None) -> NativeBinary:
+    """A verified :class:`NativeBinary` from itself, ``.knb`` bytes or a path.
+
+    When keys are trusted (``trusted_keys``, or ``KERNBIN_TRUSTED_KEYS`` in the environment), the
+    file must carry a valid signature by one of them (:class:`kernbin.signing.SignatureError`
+    otherwise, before anything else is looked at): checksums only catch accidents."""
+    keys = _trust(trusted_keys)
+    if keys is None:
+        if isinstance(source, NativeBinary):
+            return source
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            return NativeBinary.from_bytes(source)
+        return NativeBinary.from_file(source)
+    from . import container, signing
+    from ._fs import read_regular_file
+    from .artifact import KNB_MAGIC, KNB_VERSION, MAX_KNB_BYTES
     if isinstance(source, NativeBinary):
-        return source
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        return NativeBinary.from_bytes(source)
-    return NativeBinary.from_file(source)
+        raise signing.SignatureError("unsigned", "a NativeBinary object carries no signature: pass the .knb "
+                                                 "bytes or file when keys are trusted")
+    data = bytes(source) if isinstance(source, (bytes, bytearray, memoryview)) else \
+        read_regular_file(source, MAX_KNB_BYTES, what=".knb file")
+    try:
+        c = container.Container.parse(data, magic=KNB_MAGIC, versions=(KNB_VERSION,))
+    except container.ContainerError:
+        return NativeBinary.from_bytes(data)          # raises the precise InvalidBinary
+    signing.verify(c, keys, magic=KNB_MAGIC)
+    return NativeBinary.from_bytes(data)
+
+
+def _trust(trusted_keys):
+    """The trusted public keys in force: the argument, else ``KERNBIN_TRUSTED_KEYS``, else None."""
+    if trusted_keys is not None:
+        return list(trusted_keys)
+    if os.environ.get("KERNBIN_TRUSTED_KEYS"):
+        from . import signing
+        return signing.trusted_keys_from_env()
+    return None
 
 
 def build(ir, target="opencl:cpu", options: "BuildOptions | str | None" = None, *, grf: str | None = None,
@@ -175,17 +205,24 @@ def _load_checked(device, native: NativeBinary):
     return module
 
 
-def load(native, target="opencl:cpu", *, ir=None, fallback: bool = True):
+def load(native, target="opencl:cpu", *, ir=None, fallback: bool = True, trusted_keys=None):
     """Load a native binary (a :class:`NativeBinary`, ``.knb`` bytes or a path) natively.
 
     ``ir`` supplies the IR for the fallback when the binary has none embedded.
     With ``fallback=False`` the reason the binary cannot be used is raised instead
-    (:class:`InvalidBinary`, :class:`IncompatibleBinary` or :class:`RuntimeAPIError`).
+    (:class:`InvalidBinary`, :class:`IncompatibleBinary` or :class:`RuntimeAPIError`). With trusted
+    keys (argument or ``KERNBIN_TRUSTED_KEYS``) an unsigned or badly signed file is refused, and
+    nothing from it (not its IR either) is used; only IR passed as ``ir`` may then be rebuilt from.
     """
+    from .signing import SignatureError
     device = _device(target)
     given_ir = read_ir(ir) if ir is not None else None
     try:
-        native = read_native(native)
+        native = read_native(native, trusted_keys)
+    except SignatureError as e:
+        if not fallback or given_ir is None:
+            raise
+        return _fallback(device, given_ir, None, f"untrusted binary: {e.reason}", e)
     except InvalidBinary as e:
         if not fallback:
             raise
@@ -210,7 +247,7 @@ def load(native, target="opencl:cpu", *, ir=None, fallback: bool = True):
         return _fallback(device, use_ir, native.info, f"the runtime rejected the binary: {e}", e)
 
 
-def check(native, target="opencl:cpu", *, isolate: bool = False) -> dict:
+def check(native, target="opencl:cpu", *, isolate: bool = False, trusted_keys=None) -> dict:
     """Verify integrity and requirements, then load natively (no fallback) and create every kernel.
 
     Returns ``{"ok", "verdict", "reason", "rule", "member", "kernels", ...}``: ``verdict`` is
@@ -226,7 +263,7 @@ def check(native, target="opencl:cpu", *, isolate: bool = False) -> dict:
     result = {"target": str(device.target), "device": device.id.describe(), "ok": False, "verdict": "gate",
               "reason": "", "rule": "", "member": None, "kernels": []}
     try:
-        native = read_native(native)
+        native = read_native(native, trusted_keys)
         payload, fit = _gate(device, native)
         result["member"] = fit.member
     except (InvalidBinary, IncompatibleBinary) as e:
@@ -259,8 +296,9 @@ def _probe_in_child(native: NativeBinary, target: str) -> dict:
     import sys
     import json
     try:
+        env = {k: v for k, v in os.environ.items() if k != "KERNBIN_TRUSTED_KEYS"}   # verified here already
         p = subprocess.run([sys.executable, "-m", "kernbin._probe", target], input=native.to_bytes(),
-                           capture_output=True, timeout=600)
+                           capture_output=True, timeout=600, env=env)
     except subprocess.TimeoutExpired:
         return {"verdict": "driver", "rule": "timeout", "reason": "the runtime did not finish loading in 600 s"}
     if p.returncode < 0:
@@ -312,3 +350,87 @@ def get_or_build(ir, target="opencl:cpu", options: "BuildOptions | str | None" =
     it holds a verified entry, else built, stored, and returned. Concurrent processes build a
     missing key once."""
     return get_or_build_ex(ir, target, options, grf=grf, spill_threshold=spill_threshold, cache=cache)[0]
+
+
+# -- bundles -------------------------------------------------------------------------------------
+
+def open_bundle(path, *, trusted_keys=None, require_signature: bool | None = None):
+    """Open a bundle file (:class:`kernbin.bundle.Bundle`): maps it, parses the manifest only.
+    ``bundle.load(name, target)`` picks the entry with the device's backend (``can_run``), else
+    rebuilds from the bundle's IR. With trusted keys (argument or ``KERNBIN_TRUSTED_KEYS``) the
+    bundle must be signed by one of them."""
+    from .bundle import Bundle
+    return Bundle(path, trusted_keys=trusted_keys, require_signature=require_signature, loader=load_from_bundle)
+
+
+def load_from_bundle(bundle, name: str, target="opencl:cpu", *, fallback: bool = True, cache=None):
+    """The wiring behind ``Bundle.load``: choose, verify, gate, load; else rebuild from the IR with
+    the recorded options through the cache (the rebuilt binary is stored there, not in the bundle)."""
+    device = _device(target)
+    entry, reasons = bundle.select(name, device)
+    tried = []
+    if entry is not None:
+        try:
+            module = _load_checked(device, bundle.native(entry, with_ir=False))
+            module.bundle_choice = {"entry": entry.target, "index": entry.index, "source": "native",
+                                    "reasons": reasons}
+            return module
+        except (InvalidBinary, IncompatibleBinary, RuntimeAPIError) as e:
+            if not fallback:
+                raise
+            tried.append(f"{entry.target}: {e}")
+    why = "; ".join(tried + [r for r in reasons if not r.endswith("fits") and "fits (" not in r]) or "no native entry"
+    ir = bundle.ir(name)
+    if ir is None or not fallback:
+        raise bundle.no_entry(name, device, why)
+    entries = bundle.entries(name)
+    options = entries[0].info.options if entries else None
+    key = ("bundle:" + why, ir.sha256)
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(f"kernbin: bundle kernel {name!r}: rebuilding from IR for {device.target}: {why}",
+                      FallbackWarning, stacklevel=3)
+    native = get_or_build(ir, device, options, cache=cache)
+    module = _load_checked(device, native)
+    module.source, module.fallback_reason = "ir", why
+    module.bundle_choice = {"entry": None, "index": None, "source": "ir", "reasons": reasons}
+    return module
+
+
+def create_bundle(out, inputs, targets, options: "BuildOptions | str | None" = None, *, grf: str | None = None,
+                  spill_threshold: int | None = None, keep_ir: bool = True, names=None, jobs: int | None = None,
+                  use_cache: bool = True, sign_key=None, add_to: str | None = None, progress=None) -> dict:
+    """Build every input (IR file or object) for every target (through the cache, targets in
+    parallel) and write one bundle at ``out``; with ``add_to`` the kernels and targets are added to
+    that bundle's (same kernel name: same IR required; same target: replaced). Returns
+    ``{name: {target: cache_hit}}``."""
+    from .bundle import read_all, write_bundle
+    kernels = read_all(add_to) if add_to else {}
+    report = {}
+    for i, src in enumerate(inputs):
+        ir = read_ir(src)
+        name = names[i] if names else _bundle_name(src, ir)
+        results = build_many(ir, targets, options, grf=grf, spill_threshold=spill_threshold, jobs=jobs,
+                             use_cache=use_cache, progress=progress)
+        k = kernels.setdefault(name, {"ir": None, "natives": []})
+        have = k["ir"] or next((nb.ir for nb in k["natives"] if nb.ir is not None), None)
+        old_sha = have.sha256 if have is not None else (k["natives"][0].info.ir_sha256 if k["natives"] else None)
+        if old_sha is not None and old_sha != ir.sha256:
+            raise KernbinError(f"bundle kernel {name!r} exists with other IR; give this input another name")
+        new = {t: nb.without_ir() for t, (nb, _) in results.items()}
+        k["natives"] = [nb for nb in k["natives"] if nb.info.target not in new] + list(new.values())
+        if keep_ir:
+            k["ir"] = ir
+        report[name] = {t: hit for t, (_, hit) in results.items()}
+    write_bundle(out, kernels, sign_key=sign_key)
+    return report
+
+
+def _bundle_name(src, ir) -> str:
+    import re
+    if isinstance(src, (str, os.PathLike)):
+        stem = os.path.splitext(os.path.basename(os.fspath(src)))[0]
+    else:
+        stem = ir.kernels[0] if ir.kernels else ir.sha256[:16]
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", stem).lstrip(".-") or ir.sha256[:16]
+    return name[:128]

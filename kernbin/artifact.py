@@ -228,9 +228,9 @@ class NativeBinary:
     def _from_container(cls, c: "container.Container") -> "NativeBinary":
         info = _info_for(c)
         names = set(c.names)
-        if "native" not in names or not names <= {"native", "ir"}:
-            raise InvalidBinary(f"a .knb holds a 'native' section and optionally 'ir', not {sorted(names)}",
-                                rule="sections", build_info=info)
+        if "native" not in names or not names <= {"native", "ir", "signature"}:
+            raise InvalidBinary(f"a .knb holds a 'native' section and optionally 'ir' and 'signature', "
+                                f"not {sorted(names)}", rule="sections", build_info=info)
         ir = None
         if "ir" in names:
             try:

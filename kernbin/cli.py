@@ -85,10 +85,18 @@ def cmd_build(args) -> int:
     else:
         results = kernbin.build_many(ir, targets, args.options, jobs=args.jobs, use_cache=not args.no_cache, **kw)
     report = []
+    sign_key = _private_key(args.sign)
     for t, (native, hit) in results.items():
         if args.no_ir:
             native = native.without_ir()
-        native.save(outputs[t])
+        if sign_key is not None:
+            from kernbin import signing
+            from kernbin._fs import atomic_write
+            from kernbin.artifact import KNB_MAGIC, KNB_VERSION
+            atomic_write(outputs[t], signing.sign(native.to_bytes(), sign_key, magic=KNB_MAGIC,
+                                                  versions=(KNB_VERSION,)))
+        else:
+            native.save(outputs[t])
         info = native.info
         report.append({"output": outputs[t], "target": info.target, "sha256": native.sha256,
                        "bytes": len(native.binary), "kernels": list(native.kernel_names),
@@ -173,9 +181,35 @@ def cmd_inspect(args) -> int:
     return 0
 
 
+def _private_key(path):
+    if not path:
+        return None
+    from kernbin import signing
+    return signing.load_private_key(path)
+
+
+def _trusted(keys):
+    if not keys:
+        return None
+    from kernbin import signing
+    return [signing.load_public_key(k) for k in keys]
+
+
+def _is_bundle(path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError:
+        return False
+    from kernbin.bundle import is_bundle
+    return is_bundle(head)
+
+
 def cmd_check(args) -> int:
     import kernbin
-    res = kernbin.check(args.file, args.target, isolate=not args.in_process)
+    if _is_bundle(args.file):
+        return _check_bundle(args)
+    res = kernbin.check(args.file, args.target, isolate=not args.in_process, trusted_keys=_trusted(args.key))
     if args.json:
         _print_json(res)
     elif res["ok"]:
@@ -186,6 +220,140 @@ def cmd_check(args) -> int:
         who = "kernbin refused it before the driver saw it" if res["verdict"] == "gate" else "the driver refused it"
         print(f"not loadable ({who}): {res['reason']}")
     return 0 if res["ok"] else EXIT_NOT_LOADABLE
+
+
+def _check_bundle(args) -> int:
+    """Every kernel of a bundle on one target: which entry the gate picks, and whether it loads."""
+    import kernbin
+    device = kernbin.open_device(args.target)
+    out = {"file": args.file, "target": str(device.target), "device": device.id.describe(), "kernels": {}}
+    try:
+        b = kernbin.open_bundle(args.file, trusted_keys=_trusted(args.key))
+    except kernbin.InvalidBinary as e:
+        out.update(ok=False, verdict="gate", rule=e.rule, reason=e.reason)
+        if args.json:
+            _print_json(out)
+        else:
+            print(f"not loadable (kernbin refused it before the driver saw it): {e.reason}")
+        return EXIT_NOT_LOADABLE
+    with b:
+        out["signed_by"] = b.signed_by
+        for name in b.names:
+            entry, reasons = b.select(name, device)
+            if entry is None:
+                res = {"ok": False, "verdict": "gate", "entry": None, "reason": "; ".join(reasons)}
+            else:
+                r = kernbin.check(b.native(entry, with_ir=False), device, isolate=not args.in_process)
+                res = {"ok": r["ok"], "verdict": r["verdict"], "entry": entry.target, "reason": r["reason"],
+                       "kernels": r["kernels"]}
+            res["candidates"] = reasons
+            out["kernels"][name] = res
+    out["ok"] = all(k["ok"] for k in out["kernels"].values())
+    if args.json:
+        _print_json(out)
+    else:
+        for name, r in out["kernels"].items():
+            state = f"ok ({r['entry']})" if r["ok"] else f"not loadable ({r['verdict']}): {r['reason']}"
+            print(f"{name}: {state}")
+    return 0 if out["ok"] else EXIT_NOT_LOADABLE
+
+
+def cmd_keygen(args) -> int:
+    from kernbin import signing
+    priv, pub = signing.generate_key(args.output)
+    key = signing.load_public_key(pub)
+    if args.json:
+        _print_json({"private": priv, "public": pub, "key_id": signing.key_id(key)})
+    else:
+        print(f"private key: {priv} (keep it secret)\npublic key:  {pub} (key id {signing.key_id(key)}); "
+              f"trust it with KERNBIN_TRUSTED_KEYS={pub}")
+    return 0
+
+
+def _bundle_progress(args, total):
+    if not (sys.stderr.isatty() and not args.json):
+        return None, None
+    from rich.progress import Progress
+    prog = Progress(console=_console(stderr=True), transient=True)
+    task = prog.add_task(f"building {total} binaries", total=total)
+    return prog, (lambda t: prog.advance(task))
+
+
+def cmd_bundle_create(args, add_to=None) -> int:
+    import kernbin
+    targets = [str(kernbin.parse_target(t)) for t in args.target]
+    if len(set(targets)) != len(targets):
+        raise kernbin.TargetError("a --target is given twice", next(t for t in targets if targets.count(t) > 1))
+    prog, progress = _bundle_progress(args, len(targets) * len(args.inputs))
+    kw = dict(grf=args.grf, spill_threshold=args.spill_threshold, keep_ir=not args.no_ir, jobs=args.jobs,
+              use_cache=not args.no_cache, sign_key=_private_key(args.sign), add_to=add_to, progress=progress)
+    if prog is not None:
+        with prog:
+            report = kernbin.create_bundle(args.output, args.inputs, targets, args.options, **kw)
+    else:
+        report = kernbin.create_bundle(args.output, args.inputs, targets, args.options, **kw)
+    if args.json:
+        _print_json({"output": args.output, "kernels": report})
+    else:
+        size = os.path.getsize(args.output)
+        built = sum(1 for k in report.values() for hit in k.values() if not hit)
+        print(f"{args.output}: {len(report)} kernel(s) x {len(targets)} target(s), {size} bytes "
+              f"({built} built, {sum(len(k) for k in report.values()) - built} from the cache)"
+              + (", signed" if args.sign else ""))
+    return 0
+
+
+def cmd_bundle_add(args) -> int:
+    args.output = args.file
+    return cmd_bundle_create(args, add_to=args.file)
+
+
+def cmd_bundle_inspect(args) -> int:
+    import kernbin
+    with kernbin.open_bundle(args.file, require_signature=False) as b:
+        obj = b.describe()
+        from kernbin import signing
+        obj["signature"] = signing.signature_of(b._c)
+    if args.json:
+        _print_json(obj)
+        return 0
+    c = _console()
+    sig = obj["signature"]
+    c.print(f"[bold]{obj['file']}[/]: kernbin bundle, {obj['bytes']} bytes, {len(obj['kernels'])} kernel(s), "
+            f"{obj['blobs']} blob(s), made by {obj['created_by']}; "
+            + (f"signed by key {sig.get('key_id')}" if sig else "unsigned"))
+    t = _table("kernel", "target", "format", "bytes", "runs on", "flags")
+    for name, k in obj["kernels"].items():
+        for e in k["entries"]:
+            t.add_row(name, e["target"], e["binary_format"], str(e["bytes"]), e["runs_on"], " ".join(e["flags"]))
+        if k["ir"]:
+            t.add_row(name, "(IR)", k["ir"]["kind"], str(k["ir"]["bytes"]), "rebuild anywhere its backend runs", "")
+    c.print(t)
+    return 0
+
+
+def cmd_bundle_verify(args) -> int:
+    import kernbin
+    from kernbin import signing
+    out = {"file": args.file, "ok": False, "signed_by": None, "reason": "", "rule": ""}
+    try:
+        with kernbin.open_bundle(args.file, trusted_keys=_trusted(args.key),
+                                 require_signature=True if args.key else False) as b:
+            b.verify()
+            out.update(ok=True, signed_by=b.signed_by or (signing.signature_of(b._c) or {}).get("key_id"),
+                       trusted=bool(args.key))
+    except kernbin.InvalidBinary as e:
+        out.update(reason=e.reason, rule=e.rule)
+    if args.json:
+        _print_json(out)
+    elif out["ok"]:
+        who = f"signed by trusted key {out['signed_by']}" if args.key else (
+            f"signed by {out['signed_by']} (not checked against a trusted key: pass --key)" if out["signed_by"]
+            else "unsigned")
+        print(f"ok: every digest matches; {who}")
+    else:
+        print(f"FAILED ({out['rule']}): {out['reason']}")
+    return 0 if out["ok"] else EXIT_NOT_LOADABLE
 
 
 def _cache():
@@ -334,6 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-ir", action="store_true", help="do not embed the IR (no fallback from this file alone)")
     s.add_argument("--no-cache", action="store_true", help="build even if the cache holds this binary, "
                    "and do not store it")
+    s.add_argument("--sign", metavar="KEY", help="sign the .knb with this private key (see `kernbin keygen`)")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=cmd_build)
 
@@ -351,8 +520,58 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--target", "-t", default="opencl:cpu")
     s.add_argument("--in-process", action="store_true",
                    help="load in this process (default: a child process, so a driver crash is a verdict)")
+    s.add_argument("--key", action="append", metavar="PUB",
+                   help="require a signature by this public key (repeatable; default: KERNBIN_TRUSTED_KEYS if set)")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=cmd_check)
+
+    s = sub.add_parser("keygen", help="make an Ed25519 key pair for signing .knb files and bundles",
+                       description="Writes the private key to OUT (mode 0600) and the public key to OUT.pub. "
+                                   "Sign with `kernbin build --sign OUT` / `kernbin bundle create --sign OUT`; "
+                                   "trust with KERNBIN_TRUSTED_KEYS=OUT.pub or --key OUT.pub.")
+    s.add_argument("output", metavar="OUT")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.set_defaults(func=cmd_keygen)
+
+    s = sub.add_parser("bundle", help="one file with many kernels x targets: create, add, inspect, verify",
+                       description="A bundle holds, for every kernel, native binaries for several targets and "
+                                   "the IR; the loader picks the entry that runs on the device in front of it. "
+                                   "Format: docs/bundle-format.md.")
+    bsub = s.add_subparsers(dest="bundle_command", metavar="ACTION")
+    bsub.required = True
+
+    def _build_args(b, out_name):
+        b.add_argument("--target", "-t", action="append", required=True, metavar="TARGET",
+                       help="build every input for this target (repeat)")
+        b.add_argument("--options", default="", help='compiler flags, e.g. --options="-cl-mad-enable"')
+        b.add_argument("--grf", choices=["default", "small", "large", "auto"], default="default",
+                       help="register-file policy on Intel GPU targets")
+        b.add_argument("--spill-threshold", type=int, default=None, metavar="BYTES")
+        b.add_argument("--jobs", "-j", type=int, default=None, help="parallel builds (default: cores)")
+        b.add_argument("--no-ir", action="store_true", help="leave the IR out (no rebuild where no binary fits)")
+        b.add_argument("--no-cache", action="store_true", help="build even when the cache holds the binary")
+        b.add_argument("--sign", metavar="KEY", help="sign the bundle with this private key")
+        b.add_argument("--json", action="store_true", help="machine-readable output")
+
+    b = bsub.add_parser("create", help="build inputs for targets into a new bundle")
+    b.add_argument("output", metavar="OUT.kbin")
+    b.add_argument("inputs", nargs="+", metavar="INPUT", help="IR files (SPIR-V, PTX); the kernel name is the stem")
+    _build_args(b, "output")
+    b.set_defaults(func=cmd_bundle_create)
+    b = bsub.add_parser("add", help="add inputs or targets to an existing bundle (rewritten atomically)")
+    b.add_argument("file", metavar="FILE.kbin")
+    b.add_argument("inputs", nargs="+", metavar="INPUT")
+    _build_args(b, "file")
+    b.set_defaults(func=cmd_bundle_add)
+    b = bsub.add_parser("inspect", help="kernels, targets, sizes, who signed")
+    b.add_argument("file")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=cmd_bundle_inspect)
+    b = bsub.add_parser("verify", help="check every digest and the signature; exit 2 on any mismatch")
+    b.add_argument("file")
+    b.add_argument("--key", action="append", metavar="PUB", help="require a signature by this public key")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=cmd_bundle_verify)
 
     s = sub.add_parser("cache", help="the native-binary cache: stats, ls, prune, clear",
                        description="The local cache at KERNBIN_CACHE_DIR (bounded by KERNBIN_CACHE_MAX_SIZE, "

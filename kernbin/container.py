@@ -415,6 +415,11 @@ class Container:
         """Size in bytes of section ``name`` (from the verified header; nothing is read)."""
         return self._entry(name)[2]
 
+    def digest(self, name: str) -> bytes:
+        """The 32-byte BLAKE3 digest the (verified) header records for section ``name``; the
+        section's bytes are checked against it when they are read. Nothing is read here."""
+        return self._entry(name)[3]
+
     def section(self, name: str) -> bytes:
         """The bytes of section ``name``, digest verified on first access, then cached.
         Raises ContainerError (rule "section-digest") if they do not match, KeyError if

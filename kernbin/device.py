@@ -148,6 +148,12 @@ class Requirements:
         if self.kind == "intel-gpu-fat":
             return "one of: " + ", ".join(f"{m.get('device', '?')} (IP {m.get('ip_version')})"
                                           for m in _members(self.values))
+        if self.kind == "opencl-runtime":
+            return (f"exactly this OpenCL runtime: {self.get('platform')} {self.get('driver')} on {self.get('device')} "
+                    f"({self.get('arch')})")
+        if self.kind == "level-zero-driver":
+            return (f"exactly this Level Zero driver: {self.get('driver_version')} ({str(self.get('driver_uuid'))[:8]}) "
+                    f"on {self.get('device')}")
         if self.kind == "cuda":
             return f"NVIDIA sm_{self.get('sm')}{self.get('variant', '')} ({self.get('code')}, {_cuda_rule(self.values)})"
         if self.kind == "cuda-fat":

@@ -1,0 +1,359 @@
+"""Ahead-of-time bundles: one file, many kernels x targets, the right binary picked at load.
+
+A bundle is a :mod:`kernbin.container` (magic ``\\x89KBN\\r\\n\\x1a\\n``, version 1, sections aligned
+to 64 bytes so they can be used straight from a mapping). Its ``meta`` is the manifest::
+
+    {"kbundle": 1, "created_by": "kernbin 0.1.0",
+     "kernels": {"softmax": {"ir": "b2", "ir_kind": "spirv", "ir_sha256": "...",
+                             "entries": [{"blob": "b0", "info": {BuildInfo}}, ...]}}}
+
+Blobs (``b0``, ``b1``, ...) are the device binaries and the IR, each stored once however many
+entries share it (deduplicated by content); an optional ``signature`` section signs the manifest and
+every blob's digest (:mod:`kernbin.signing`). The spec is ``docs/bundle-format.md``.
+
+Reading (:func:`kernbin.open_bundle`) maps the file and parses the header and the manifest only; a blob is
+read and its digest checked when a kernel that uses it is loaded. :meth:`Bundle.load` asks the
+device's backend which entries it can run (``Backend.can_run``), takes the best, and otherwise
+rebuilds from the IR with the recorded options (through the cache), or says which targets the
+bundle holds and what device it found. The choice and why is on ``module.bundle_choice``.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from . import container
+from .artifact import BuildInfo, NativeBinary, _BuildJSON, _info_from
+from .errors import IncompatibleBinary, InvalidBinary, KernbinError
+from .ir import read_ir
+
+__all__ = ["BUNDLE_MAGIC", "BUNDLE_VERSION", "Bundle", "BundleEntry", "BundleError", "write_bundle", "read_all",
+           "is_bundle", "NAME_PATTERN"]
+
+BUNDLE_MAGIC = b"\x89KBN\r\n\x1a\n"
+BUNDLE_VERSION = 1
+ALIGN = 64
+MAX_MANIFEST = 64 << 20                # a manifest of thousands of kernels x targets fits easily
+NAME_PATTERN = r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}"
+_NAME = re.compile(NAME_PATTERN)
+_BLOB = re.compile(r"b[0-9]{1,9}")
+
+
+class _EntryJSON(msgspec.Struct, forbid_unknown_fields=True):
+    blob: str
+    info: msgspec.Raw                 # decoded (and type-checked) when the entry is first asked for
+
+
+class _KernelJSON(msgspec.Struct, forbid_unknown_fields=True):
+    entries: list[_EntryJSON]
+    ir: str | None = None
+    ir_kind: str | None = None
+    ir_sha256: str | None = None
+
+
+class _ManifestJSON(msgspec.Struct, forbid_unknown_fields=True):
+    kbundle: int
+    kernels: dict[str, msgspec.Raw]   # each kernel decoded and checked when first asked for
+    created_by: str = ""
+
+
+_MANIFEST = msgspec.json.Decoder(_ManifestJSON)
+_KERNEL = msgspec.json.Decoder(_KernelJSON)
+
+
+class BundleError(InvalidBinary):
+    """A bundle that breaks a rule of ``docs/bundle-format.md`` (``rule`` names it)."""
+
+
+@dataclass(frozen=True)
+class BundleEntry:
+    """One native binary of one kernel: where it is (``blob``) and how it was built (``info``)."""
+    kernel: str
+    index: int
+    blob: str
+    info: BuildInfo
+
+    @property
+    def target(self) -> str:
+        return self.info.target
+
+
+class Bundle:
+    """A read-only view of a bundle file. Use :func:`open_bundle`; close it (or use ``with``)."""
+
+    def __init__(self, path, *, trusted_keys=None, require_signature: bool | None = None, loader=None):
+        from ._fs import FileRefused
+        import stat
+        self.path = os.fspath(path)
+        self._loader = loader
+        fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise FileRefused(self.path, "not-regular", "bundle is not a regular file")
+            if st.st_size == 0:
+                raise BundleError("empty file is not a bundle", rule="truncated")
+            self._map = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+        finally:
+            os.close(fd)
+        try:
+            self._c = container.Container.parse(self._map, magic=BUNDLE_MAGIC, versions=(BUNDLE_VERSION,),
+                                                max_header=MAX_MANIFEST)
+            self.signed_by = _check_signature(self._c, trusted_keys, require_signature)
+            self._manifest = _decode_manifest(self._c)
+        except BaseException:
+            self.close()
+            raise
+        self.created_by = self._manifest.created_by
+        self._entries: dict[str, list[BundleEntry]] = {}
+        self._kernels: dict[str, _KernelJSON] = {}
+
+    # -- what is inside -------------------------------------------------------------------
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Kernel (module) names, sorted (the manifest is written with sorted keys)."""
+        return tuple(self._manifest.kernels)
+
+    def _kernel(self, name: str) -> _KernelJSON:
+        k = self._kernels.get(name)
+        if k is None:
+            raw = self._manifest.kernels.get(name)
+            if raw is None:
+                from .errors import KernelNotFound
+                raise KernelNotFound(name, self.names)
+            k = self._kernels[name] = _decode_kernel(self._c, name, raw)
+        return k
+
+    def entries(self, name: str) -> list[BundleEntry]:
+        """The native entries of kernel ``name`` (a dictionary lookup: the manifest is not scanned;
+        each entry's build info is decoded and type-checked here, the first time it is asked for)."""
+        got = self._entries.get(name)
+        if got is None:
+            got = self._entries[name] = [BundleEntry(name, i, e.blob, _entry_info(name, i, e))
+                                         for i, e in enumerate(self._kernel(name).entries)]
+        return list(got)
+
+    def targets(self, name: str | None = None) -> tuple[str, ...]:
+        """The targets the bundle holds (for one kernel, or for all)."""
+        names = [name] if name is not None else self.names
+        out = []
+        for n in names:
+            for e in self.entries(n):
+                if e.target not in out:
+                    out.append(e.target)
+        return tuple(out)
+
+    def ir(self, name: str):
+        """The kernel's IR (digest-checked on first use), or None when the bundle carries none."""
+        k = self._kernel(name)
+        if k.ir is None:
+            return None
+        data = self._section(k.ir)
+        ir = read_ir(data, k.ir_kind)
+        if k.ir_sha256 and ir.sha256 != k.ir_sha256:
+            raise BundleError(f"kernel {name!r}: IR does not match its recorded hash", rule="ir")
+        return ir
+
+    def native(self, entry: BundleEntry, *, with_ir: bool = True) -> NativeBinary:
+        """The entry as a verified :class:`NativeBinary` (with the kernel's IR, when present)."""
+        binary = self._section(entry.blob)
+        ir = self.ir(entry.kernel) if with_ir else None
+        if ir is not None and ir.sha256 != entry.info.ir_sha256:
+            raise BundleError(f"kernel {entry.kernel!r}: entry {entry.index} was built from other IR", rule="ir")
+        return NativeBinary(binary=binary, info=entry.info, ir=ir)
+
+    def _section(self, blob: str) -> bytes:
+        if blob not in self._c:
+            raise BundleError(f"manifest names blob {blob!r}, which the file does not hold", rule="blob")
+        return self._c.section(blob)            # digest checked on first access (ContainerError otherwise)
+
+    def verify(self) -> None:
+        """Check every blob's digest now (``kernbin bundle verify``); raise on the first bad one."""
+        self._c.verify_all()
+        for name in self.names:
+            self.ir(name)
+            for e in self.entries(name):
+                self._section(e.blob)
+
+    # -- choosing and loading ----------------------------------------------------------------
+    def select(self, name: str, device) -> tuple[BundleEntry | None, list[str]]:
+        """The best entry for ``device`` and, for every entry, why it was or was not taken.
+        Preference: the device's own toolchain first (it made those bytes), then single-target
+        binaries over fat ones, then the order in the bundle."""
+        fits, reasons = [], []
+        for e in self.entries(name):
+            try:
+                fit = device.backend.can_run(e.info, device)
+            except KernbinError as err:           # a malformed requirement: not this entry
+                reasons.append(f"{e.target}: {err}")
+                continue
+            if fit.ok:
+                own = e.info.toolchain.key() == device.toolchain.key()
+                fat = e.info.requires.kind.endswith("-fat")
+                fits.append(((0 if own else 1, 1 if fat else 0, e.index), e))
+                reasons.append(f"{e.target}: fits" + (f" ({fit.member})" if fit.member else ""))
+            else:
+                reasons.append(f"{e.target}: {fit.reason}")
+        if not fits:
+            return None, reasons
+        return min(fits, key=lambda t: t[0])[1], reasons
+
+    def load(self, name: str, target="opencl:cpu", *, fallback: bool = True, cache=None):
+        """Load kernel ``name`` on ``target``: the best native entry (verified, gated), else a rebuild
+        from the bundle's IR with the recorded options (stored in the cache), else
+        :class:`IncompatibleBinary` naming the targets held and the device found. The wiring to
+        devices and the cache is :func:`kernbin.api.load_from_bundle` (a bundle imports no backend)."""
+        if self._loader is None:
+            raise KernbinError("this Bundle was opened without a loader: use kernbin.open_bundle()")
+        return self._loader(self, name, target, fallback=fallback, cache=cache)
+
+    def no_entry(self, name: str, device, why: str) -> IncompatibleBinary:
+        """The error for a kernel with nothing that runs on ``device`` and no IR to rebuild from."""
+        return IncompatibleBinary(f"bundle {os.path.basename(self.path)!r} kernel {name!r} has nothing for "
+                                  f"{device.target} ({device.id.describe()}); it holds "
+                                  f"{', '.join(self.targets(name)) or 'no targets'}: {why}",
+                                  rule="no-entry", device=device.id)
+
+    def describe(self) -> dict:
+        """The manifest as plain data (``kernbin bundle inspect``)."""
+        out = {"file": self.path, "bytes": len(self._map), "created_by": self.created_by,
+               "signed_by": self.signed_by, "blobs": len([n for n in self._c.names if n != "signature"]),
+               "kernels": {}}
+        for name in self.names:
+            k = self._kernel(name)
+            out["kernels"][name] = {
+                "ir": {"kind": k.ir_kind, "sha256": k.ir_sha256, "bytes": self._c.size(k.ir)} if k.ir else None,
+                "entries": [{"target": e.target, "blob": e.blob, "bytes": self._c.size(e.blob) if e.blob in self._c
+                             else None, "binary_format": e.info.binary_format, "runs_on": e.info.requires.describe(),
+                             "built_by": e.info.toolchain.describe(), "flags": list(e.info.flags),
+                             "kernels": [{"name": ki.name, **ki.attributes} for ki in e.info.kernels]}
+                            for e in self.entries(name)]}
+        return out
+
+    def close(self) -> None:
+        m = getattr(self, "_map", None)
+        if m is not None:
+            self._c = None
+            try:
+                m.close()
+            except BufferError:             # a section view still alive: the mapping closes with it
+                pass
+            self._map = None
+
+    def __enter__(self) -> "Bundle":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+_BUILD = msgspec.json.Decoder(_BuildJSON)
+
+
+def _entry_info(name: str, i: int, e: _EntryJSON) -> BuildInfo:
+    try:
+        return _info_from(_BUILD.decode(e.info))
+    except (msgspec.DecodeError, ValueError, TypeError, KernbinError, ArithmeticError, RecursionError) as err:
+        raise BundleError(f"kernel {name!r} entry {i}: bad build info: {err}", rule="build-info") from None
+
+
+def _decode_manifest(c) -> _ManifestJSON:
+    try:
+        m = _MANIFEST.decode(c.meta_raw)
+    except (msgspec.DecodeError, RecursionError, ValueError) as e:
+        raise BundleError(f"bad manifest: {e}", rule="manifest") from None
+    if m.kbundle != BUNDLE_VERSION:
+        raise BundleError(f"manifest version {m.kbundle} (this kernbin reads {BUNDLE_VERSION})", rule="manifest")
+    for name in m.kernels:
+        if not _NAME.fullmatch(name):
+            raise BundleError(f"kernel name {name!r} is outside the safe alphabet {NAME_PATTERN}", rule="name")
+    return m
+
+
+def _decode_kernel(c, name: str, raw) -> _KernelJSON:
+    """One kernel's manifest entry, type-checked, its blob references checked against the file."""
+    try:
+        k = _KERNEL.decode(raw)
+    except (msgspec.DecodeError, RecursionError, ValueError) as e:
+        raise BundleError(f"kernel {name!r}: bad manifest entry: {e}", rule="manifest") from None
+    for blob in [k.ir] + [e.blob for e in k.entries]:
+        if blob is not None and (not _BLOB.fullmatch(blob) or blob not in c):
+            raise BundleError(f"kernel {name!r} names blob {blob!r}, which the file does not hold", rule="blob")
+    if k.ir is not None and k.ir_kind not in ("spirv", "ptx"):
+        raise BundleError(f"kernel {name!r}: unknown IR kind {k.ir_kind!r}", rule="manifest")
+    return k
+
+
+def _check_signature(c, trusted_keys, require_signature) -> str | None:
+    """Verify the signature when trust is asked for; return who signed (verified) or None."""
+    from . import signing
+    if trusted_keys is None and os.environ.get("KERNBIN_TRUSTED_KEYS"):
+        trusted_keys = signing.trusted_keys_from_env()
+    if trusted_keys is None and not require_signature:
+        return None
+    if require_signature is False and "signature" not in c:
+        return None
+    return signing.verify(c, list(trusted_keys or []), magic=BUNDLE_MAGIC)
+
+
+# -- writing ------------------------------------------------------------------------------------
+
+def write_bundle(path, kernels: dict[str, dict], *, sign_key=None, created_by: str | None = None) -> str:
+    """Write a bundle atomically. ``kernels`` maps a name to ``{"ir": IR or None, "natives":
+    [NativeBinary, ...]}``; identical blobs are stored once. ``sign_key``: a private key (or its
+    path) to sign with. Returns the path."""
+    from . import __version__
+    from ._fs import atomic_write
+    blobs: list[tuple[str, bytes]] = []
+    by_content: dict[bytes, str] = {}
+
+    def blob(data: bytes) -> str:
+        from blake3 import blake3
+        d = blake3(data).digest()
+        name = by_content.get(d)
+        if name is None:
+            name = by_content[d] = f"b{len(blobs)}"
+            blobs.append((name, data))
+        return name
+
+    manifest: dict[str, Any] = {"kbundle": BUNDLE_VERSION, "created_by": created_by or f"kernbin {__version__}",
+                                "kernels": {}}
+    for name, k in kernels.items():
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            raise BundleError(f"kernel name {name!r} is outside the safe alphabet {NAME_PATTERN}", rule="name")
+        ir = k.get("ir")
+        entry = {"entries": [], "ir": None, "ir_kind": None, "ir_sha256": None}
+        if ir is not None:
+            entry.update(ir=blob(ir.data), ir_kind=ir.kind, ir_sha256=ir.sha256)
+        for nb in k.get("natives", []):
+            if ir is not None and nb.info.ir_sha256 != ir.sha256:
+                raise BundleError(f"kernel {name!r}: a binary for {nb.info.target} was built from other IR", rule="ir")
+            entry["entries"].append({"blob": blob(nb.binary), "info": nb.info.to_json()})
+        manifest["kernels"][name] = entry
+    data = container.pack(BUNDLE_MAGIC, BUNDLE_VERSION, manifest, blobs, align=ALIGN, max_header=MAX_MANIFEST)
+    if sign_key is not None:
+        from . import signing
+        key = signing.load_private_key(sign_key) if isinstance(sign_key, (str, os.PathLike)) else sign_key
+        data = signing.sign(data, key, magic=BUNDLE_MAGIC, versions=(BUNDLE_VERSION,))
+    atomic_write(os.fspath(path), data)
+    return os.fspath(path)
+
+
+def is_bundle(data: bytes) -> bool:
+    return bytes(data[:len(BUNDLE_MAGIC)]) == BUNDLE_MAGIC
+
+
+def read_all(path) -> dict[str, dict]:
+    """Everything in a bundle as ``write_bundle`` takes it (to add kernels or targets and rewrite)."""
+    with Bundle(path, require_signature=False) as b:
+        out = {}
+        for name in b.names:
+            ir = b.ir(name)
+            out[name] = {"ir": ir, "natives": [b.native(e, with_ir=False) for e in b.entries(name)]}
+        return out
