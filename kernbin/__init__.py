@@ -35,7 +35,13 @@ __all__ = ["__version__", "BuildError", "FallbackWarning", "IncompatibleBinary",
            "OptionsError", "RuntimeAPIError", "RuntimeNotFound", "TargetError", *_LAZY]
 
 
+_SUBMODULES = ("signing", "bundle", "samples", "container", "cache", "inspect")
+
+
 def __getattr__(name: str):
+    if name in _SUBMODULES:
+        import importlib
+        return importlib.import_module(f".{name}", __name__)
     mod = _LAZY.get(name)
     if mod is None:
         raise AttributeError(f"module 'kernbin' has no attribute {name!r}")

@@ -381,7 +381,9 @@ def load_from_bundle(bundle, name: str, target="opencl:cpu", *, fallback: bool =
             tried.append(f"{entry.target}: {e}")
     why = "; ".join(tried + [r for r in reasons if not r.endswith("fits") and "fits (" not in r]) or "no native entry"
     ir = bundle.ir(name)
-    if ir is None or not fallback:
+    if ir is None or not fallback or ir.kind not in device.backend.ir_kinds:
+        if ir is not None and ir.kind not in device.backend.ir_kinds:
+            why += f"; its IR is {ir.kind}, which {device.backend.name} does not build"
         raise bundle.no_entry(name, device, why)
     entries = bundle.entries(name)
     options = entries[0].info.options if entries else None

@@ -261,3 +261,73 @@ print(json.dumps({{"entry": entry.target, "source": m.source, "correct": L.corre
     # the gate picks the pvc zebin; the (CPU) test driver refuses it; the IR rebuild runs correctly
     assert out["entry"] == "ocloc:pvc" and out["source"] == "ir" and out["correct"]
     assert "INVALID_NATIVE_BINARY" in out["reason"]
+
+
+def test_cuda_offline_entries_and_ptx_ir(tmp_path):
+    pytest.importorskip("cuda.bindings.nvjitlink")
+    path = tmp_path / "cuda.kbin"
+    kernbin.create_bundle(path, [SAMPLES["softmax"].ptx, SAMPLES["vadd"].ptx], ["cuda:sm_80", "cuda:sm_90",
+                                                                                "cuda:sm_80,sm_90,ptx"])
+    with kernbin.open_bundle(path) as b:
+        assert b.names == ("softmax", "vadd") and b.ir("vadd").kind == "ptx"
+        assert b.targets() == ("cuda:sm_80", "cuda:sm_90", "cuda:sm_80,sm_90,ptx")
+        assert [e.info.binary_format for e in b.entries("vadd")] == ["cubin", "cubin", "fatbin"]
+        assert b.entries("vadd")[1].info.requires.get("sm") == 90
+        # on a CPU device nothing fits and PTX cannot be built there: a clear error, not a BuildError
+        with pytest.raises(kernbin.IncompatibleBinary) as e:
+            b.load("vadd", "opencl:cpu")
+        assert e.value.rule == "no-entry" and "ptx" in e.value.reason and "cuda:sm_90" in e.value.reason
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+_SMALL = None
+
+
+def _small_bundle():
+    global _SMALL
+    if _SMALL is None:
+        import tempfile
+        nb = kernbin.NativeBinary.from_bytes(kernbin.build(SAMPLES["vadd"].spv, "opencl:cpu").to_bytes())
+        d = tempfile.mkdtemp(prefix="kernbin-bundle-fuzz-")
+        priv, _ = signing.generate_key(os.path.join(d, "k"))
+        path = write_bundle(os.path.join(d, "s.kbin"), {"vadd": {"ir": nb.ir, "natives": [nb.without_ir()]},
+                                                         "v2": {"ir": nb.ir, "natives": [nb.without_ir()]}},
+                            sign_key=priv)
+        _SMALL = open(path, "rb").read()
+    return _SMALL
+
+
+def _read_everything(path):
+    with kernbin.open_bundle(path) as b:
+        for name in b.names:
+            for e in b.entries(name):
+                b.native(e)
+        b.verify()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_hostile_bundles_only_raise_kernbin_errors(tmp_path_factory, data):
+    try:
+        kernbin.open_device("opencl:cpu")
+    except kernbin.KernbinError:
+        pytest.skip("no OpenCL CPU device to make the seed")
+    b = bytearray(_small_bundle())
+    how = data.draw(st.sampled_from(["flip", "truncate", "extend", "length"]))
+    if how == "flip":
+        for _ in range(data.draw(st.integers(1, 6))):
+            i = data.draw(st.integers(0, len(b) - 1))
+            b[i] ^= data.draw(st.integers(1, 255))
+    elif how == "truncate":
+        b = b[:data.draw(st.integers(0, len(b) - 1))]
+    elif how == "extend":
+        b += data.draw(st.binary(min_size=1, max_size=200))
+    else:                                   # absurd header lengths
+        b[12:16] = data.draw(st.sampled_from([0, 1, 0xFFFFFFFF, len(b), 1 << 31])).to_bytes(4, "little")
+    path = tmp_path_factory.mktemp("fz") / "x.kbin"
+    path.write_bytes(bytes(b))
+    try:
+        _read_everything(path)
+    except kernbin.KernbinError:
+        pass

@@ -297,3 +297,12 @@ def test_gpu_ptx_newer_than_the_driver_still_runs_as_a_cubin(gpu):
     assert res["verdict"] == "native" and res["member"] == "cubin sm_90a"
     ptx_only = dataclasses.replace(nb.info.requires, values={"members": [nb.info.requires.get("members")[1]]})
     assert not cufmt.cuda_can_run(ptx_only, gpu.sm, isa)[0]
+
+
+def test_gpu_bundle_picks_the_cubin_for_this_gpu(gpu, tmp_path):
+    path = tmp_path / "g.kbin"
+    kernbin.create_bundle(path, [SAMPLES["softmax"].ptx], ["cuda:sm_80", f"cuda:sm_{gpu.sm}"])
+    with kernbin.open_bundle(path) as b:
+        m = b.load("softmax", gpu)
+        assert m.source == "native" and m.bundle_choice["entry"] == f"cuda:sm_{gpu.sm}"
+        assert _run(m, SAMPLES["softmax"]).correct()
