@@ -214,7 +214,7 @@ def load(native, target="opencl:cpu", *, ir=None, fallback: bool = True, trusted
     keys (argument or ``KERNBIN_TRUSTED_KEYS``) an unsigned or badly signed file is refused, and
     nothing from it (not its IR either) is used; only IR passed as ``ir`` may then be rebuilt from.
     """
-    from .signing import SignatureError
+    from .errors import SignatureError
     device = _device(target)
     given_ir = read_ir(ir) if ir is not None else None
     try:

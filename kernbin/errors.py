@@ -15,6 +15,7 @@ __all__ = [
     "OptionsError",
     "KernelNotFound",
     "OfflineTarget",
+    "SignatureError",
     "RuntimeNotFound",
     "RuntimeAPIError",
     "BuildError",
@@ -68,6 +69,19 @@ class IncompatibleBinary(KernbinError):
         self.requires = requires
         self.device = device
         super().__init__(f"native binary does not fit this device: {reason}")
+
+
+class SignatureError(InvalidBinary):
+    """A container's signature is missing, malformed, wrong, or by a key not trusted.
+
+    ``rule`` is one of :data:`SIGNATURE_RULES`; ``key_id`` is the signing key's id when the
+    signature named one (None for "unsigned" and most "malformed-signature"). An
+    :class:`~kernbin.errors.InvalidBinary`, so a loader treats the file as not loadable."""
+
+    def __init__(self, rule: str, reason: str, *, key_id: str | None = None):
+        super().__init__(f"[{rule}] {reason}", rule=rule)
+        self.rule = rule
+        self.key_id = key_id
 
 
 class TargetError(KernbinError):

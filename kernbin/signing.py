@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from ._fs import FileRefused, atomic_write, read_regular_file
 from .container import Container, pack
-from .errors import InvalidBinary, KernbinError
+from .errors import InvalidBinary, KernbinError, SignatureError  # noqa: F401 - re-exported
 
 __all__ = ["SECTION", "ALG", "MESSAGE_PREFIX", "PUBLIC_KEY_PREFIX", "ENV_VAR", "SIGNATURE_RULES",
            "SignatureError", "KeyFileError", "generate_key", "load_private_key", "load_public_key",
@@ -56,19 +56,6 @@ _HEX128 = re.compile(r"[0-9a-f]{128}")
 _U64 = struct.Struct("<Q")
 _U32 = struct.Struct("<I")
 _NO_CAP = 0xFFFFFFFF                        # the layout's own limit on a header length (u32)
-
-
-class SignatureError(InvalidBinary):
-    """A container's signature is missing, malformed, wrong, or by a key not trusted.
-
-    ``rule`` is one of :data:`SIGNATURE_RULES`; ``key_id`` is the signing key's id when the
-    signature named one (None for "unsigned" and most "malformed-signature"). An
-    :class:`~kernbin.errors.InvalidBinary`, so a loader treats the file as not loadable."""
-
-    def __init__(self, rule: str, reason: str, *, key_id: str | None = None):
-        super().__init__(f"[{rule}] {reason}", rule=rule)
-        self.rule = rule
-        self.key_id = key_id
 
 
 class KeyFileError(KernbinError):
