@@ -24,7 +24,7 @@ from dataclasses import replace
 
 from .artifact import NativeBinary
 from .errors import (FallbackWarning, IncompatibleBinary, InvalidBinary, KernbinError, OfflineTarget,
-                     RuntimeAPIError, RuntimeNotFound)
+                     RuntimeAPIError)
 from .ir import IR, read_ir
 from .options import BuildOptions
 from .target import Target, parse_target

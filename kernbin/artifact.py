@@ -10,7 +10,6 @@ before anything reaches a runtime.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping

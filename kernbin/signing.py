@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from ._fs import FileRefused, atomic_write, read_regular_file
 from .container import Container, pack
-from .errors import InvalidBinary, KernbinError, SignatureError  # noqa: F401 - re-exported
+from .errors import KernbinError, SignatureError  # noqa: F401 - SignatureError re-exported
 
 __all__ = ["SECTION", "ALG", "MESSAGE_PREFIX", "PUBLIC_KEY_PREFIX", "ENV_VAR", "SIGNATURE_RULES",
            "SignatureError", "KeyFileError", "generate_key", "load_private_key", "load_public_key",

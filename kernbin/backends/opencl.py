@@ -39,7 +39,6 @@ INSTALL_HINT = ("install Intel's CPU OpenCL runtime: pip install intel-opencl-rt
 
 wire_intel_cpu_runtime()
 try:
-    import numpy as np
     import pyopencl as cl
     from pyopencl import _cl
 except ImportError as e:  # pragma: no cover - depends on the environment

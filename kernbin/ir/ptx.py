@@ -23,12 +23,12 @@ nested quantifiers), no recursion.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from dataclasses import dataclass, field
 
 from ..errors import InvalidIR
+from ._base import IRModule
 
 try:  # the package's limit; a literal fallback should kernbin.ir ever import this module early
     from . import MAX_IR_BYTES as _MAX_IR_BYTES
@@ -63,7 +63,7 @@ _BLANK_EXCEPT_NEWLINES = bytes(b if b in (0x0A, 0x0D) else 0x20 for b in range(2
 
 
 @dataclass(frozen=True)
-class PtxModule:
+class PtxModule(IRModule):
     """A validated PTX module. Build one with :meth:`from_bytes` or :meth:`from_file`."""
 
     data: bytes = field(repr=False)
@@ -73,16 +73,6 @@ class PtxModule:
     address_size: int
     entry_points: tuple[str, ...]
     kind: str = "ptx"
-
-    @property
-    def sha256(self) -> str:
-        """Stable content hash (hex SHA-256 of the module's bytes, exactly as given)."""
-        return hashlib.sha256(self.data).hexdigest()
-
-    @property
-    def kernels(self) -> tuple[str, ...]:
-        """Names of the kernels (``.entry`` functions, visible or not), in module order."""
-        return self.entry_points
 
     @property
     def sm(self) -> int:

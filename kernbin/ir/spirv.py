@@ -8,12 +8,11 @@ word count, and the ``OpEntryPoint`` names. A malformed module raises
 
 from __future__ import annotations
 
-import hashlib
-import os
 import struct
 from dataclasses import dataclass, field
 
 from ..errors import InvalidIR
+from ._base import IRModule
 
 __all__ = ["SpirvModule", "SPIRV_MAGIC", "looks_like_spirv"]
 
@@ -24,7 +23,7 @@ _HEADER_WORDS = 5
 
 
 @dataclass(frozen=True)
-class SpirvModule:
+class SpirvModule(IRModule):
     """A validated SPIR-V module. Build one with :meth:`from_bytes` or :meth:`from_file`."""
 
     data: bytes = field(repr=False)
@@ -33,21 +32,6 @@ class SpirvModule:
     bound: int
     entry_points: tuple[str, ...]
     kind: str = "spirv"
-
-    @property
-    def sha256(self) -> str:
-        """Stable content hash (hex SHA-256 of the module's bytes)."""
-        return hashlib.sha256(self.data).hexdigest()
-
-    @property
-    def kernels(self) -> tuple[str, ...]:
-        """Names of the OpenCL kernels (``OpEntryPoint Kernel``)."""
-        return self.entry_points
-
-    @classmethod
-    def from_file(cls, path: str | os.PathLike) -> "SpirvModule":
-        with open(path, "rb") as f:
-            return cls.from_bytes(f.read())
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "SpirvModule":
