@@ -320,10 +320,11 @@ _caches: dict = {}
 
 def default_cache():
     """The cache configured by the environment (``KERNBIN_CACHE_DIR``, ``KERNBIN_CACHE_MAX_SIZE``,
-    ``KERNBIN_REMOTE``, ``KERNBIN_CACHE_HMAC_KEY``), one per configuration per process."""
+    ``KERNBIN_REMOTE``, ``KERNBIN_CACHE_HMAC_KEY``, ``KERNBIN_CACHE_ALLOW_SHARED``), one per
+    configuration per process."""
     from .cache import Cache
     conf = tuple(os.environ.get(k) for k in ("KERNBIN_CACHE_DIR", "KERNBIN_CACHE_MAX_SIZE", "KERNBIN_REMOTE",
-                                              "KERNBIN_CACHE_HMAC_KEY"))
+                                              "KERNBIN_CACHE_HMAC_KEY", "KERNBIN_CACHE_ALLOW_SHARED"))
     cache = _caches.get(conf)
     if cache is None:
         cache = _caches[conf] = Cache.from_env()

@@ -18,7 +18,9 @@ _EPILOG = """targets: opencl:cpu (Intel CPU runtime, the default), opencl:gpu, o
 ocloc:<device>[,<device>...] (offline Intel GPU builds, e.g. ocloc:pvc; several devices make one fat
 binary whose member is chosen at load); see `kernbin devices`.
 environment: KERNBIN_CACHE_DIR (cache directory), KERNBIN_CACHE_MAX_SIZE (e.g. 2G),
-KERNBIN_REMOTE (redis://host:port/db), KERNBIN_CACHE_HMAC_KEY (sign/verify remote entries)."""
+KERNBIN_REMOTE (redis://host:port/db; used only with KERNBIN_CACHE_HMAC_KEY, which signs and
+verifies its entries), KERNBIN_CACHE_ALLOW_SHARED=1 (accept a cache directory others can write),
+KERNBIN_TRUSTED_KEYS (public keys: refuse .knb files and bundles not signed by one of them)."""
 
 
 def _console(stderr=False):

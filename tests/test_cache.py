@@ -11,12 +11,16 @@ import warnings
 
 import pytest
 
-from kernbin import (BuildInfo, BuildOptions, DeviceId, KernbinError, KernbinWarning, KernelInfo, NativeBinary,
+from kernbin import (BuildInfo, BuildOptions, DeviceId, KernbinError, KernelInfo, NativeBinary,
                      Requirements, SpirvModule, Toolchain)
-from kernbin.cache import Cache, LocalStore, cache_key, key_for_info, parse_size
+from kernbin.cache import Cache, LocalStore, UnsafeCacheDir, cache_key, key_for_info, parse_size
+from kernbin.cache import local as local_mod
+from kernbin.cache import remote as remote_mod
+from kernbin.cache.remote import (RedisStore, RemoteConfigError, RemoteDisabledWarning, RemoteRejectedWarning,
+                                  RemoteUnavailableWarning)
 from kernbin.samples import SAMPLES
 
-from conftest import ROOT, run_py
+from conftest import ROOT, run_cli, run_py
 
 DEV = DeviceId("opencl", "Vendor", "Dev", "x86-64-v3", "1.0", "OpenCL 3.0")
 TC = Toolchain("opencl", "Vendor OpenCL 3.0", "1.0", {"kernbin": "test"})
@@ -252,8 +256,7 @@ def redis_server(tmp_path):
         proc.wait(timeout=10)
 
 
-def _tier(tmp_path, name, url, hmac_key=None):
-    from kernbin.cache.remote import RedisStore
+def _tier(tmp_path, name, url, hmac_key=b"fleet-secret"):
     return Cache(LocalStore(str(tmp_path / name)), RedisStore(url, hmac_key, retry_after=60))
 
 
@@ -269,20 +272,34 @@ def test_write_through_and_read_through(tmp_path, redis_server):
     assert b.stats()["remote_hits"] == 1
 
 
-def test_flipped_bytes_in_redis_are_detected_and_rebuilt(tmp_path, redis_server):
+@pytest.mark.parametrize("damage", ["flipped", "signed-garbage"])
+def test_bad_bytes_in_redis_are_detected_and_rebuilt(tmp_path, redis_server, damage):
     url, _, client = redis_server
     a, b = _tier(tmp_path, "a", url), _tier(tmp_path, "b", url)
     key, nb = synthetic()
     a.put(key, nb)
     value = bytearray(client.get("kernbin:v1:" + key))
-    value[-10] ^= 0x04
+    if damage == "flipped":         # the signature catches it first
+        value[-10] ^= 0x04
+    else:                           # validly signed by a fleet member, but not a valid .knb: the checksums catch it
+        data = bytearray(nb.without_ir().to_bytes())
+        data[-10] ^= 0x04
+        value = bytearray(a.remote.wrap(key, bytes(data)))
     client.set("kernbin:v1:" + key, bytes(value))
     calls = []
-    got, hit = b.get_or_build(key, lambda: calls.append(1) or nb)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got, hit = b.get_or_build(key, lambda: calls.append(1) or nb)
     assert not hit and calls == [1] and got == nb
     st = b.stats()
-    assert st["corrupt"] == 1 and st["builds"] == 1
+    if damage == "flipped":         # looked up twice: before and after taking the build lock; kept in Redis
+        assert (st["rejected"], st["corrupt"]) == (2, 0)
+        assert {w.message.rule for w in caught if issubclass(w.category, RemoteRejectedWarning)} == {"signature"}
+    else:
+        assert (st["rejected"], st["corrupt"]) == (0, 1)
+    assert st["builds"] == 1
     assert bytes(client.get("kernbin:v1:" + key)) != bytes(value)   # the bad value was replaced
+    assert b.remote.unwrap(key, client.get("kernbin:v1:" + key)) == nb.without_ir().to_bytes()
 
 
 def test_hmac_mismatch_is_rejected(tmp_path, redis_server):
@@ -293,15 +310,18 @@ def test_hmac_mismatch_is_rejected(tmp_path, redis_server):
     same_key = _tier(tmp_path, "ok", url, b"fleet-secret")
     assert same_key.get(key) == nb
     attacker_view = _tier(tmp_path, "x", url, b"wrong-secret")
-    with pytest.warns(KernbinWarning, match="HMAC signature mismatch"):   # warnings carry no attributes
+    with pytest.warns(RemoteRejectedWarning) as caught:
         assert attacker_view.get(key) is None
+    assert [w.message.rule for w in caught] == ["signature"] and caught[0].message.key == key
     assert attacker_view.stats()["rejected"] == 1
-    # an unsigned (e.g. poisoned) entry is rejected by a reader that requires signatures
-    unsigned = _tier(tmp_path, "u", url)
+    # an unsigned (e.g. poisoned) entry, written straight into Redis, is rejected: there is no unsigned mode
     key2, nb2 = synthetic("z")
-    unsigned.put(key2, nb2)
-    with pytest.warns(KernbinWarning, match="not signed"):
-        assert _tier(tmp_path, "r", url, b"fleet-secret").get(key2) is None
+    client.set("kernbin:v1:" + key2, b"KBR1\x00" + nb2.without_ir().to_bytes())
+    reader = _tier(tmp_path, "r", url)
+    with pytest.warns(RemoteRejectedWarning) as caught:
+        assert reader.get(key2) is None
+    assert [w.message.rule for w in caught] == ["unsigned"]
+    assert reader.stats()["rejected"] == 1 and reader.local.get(key2) is None
 
 
 def test_redis_stopped_mid_run_local_keeps_serving(tmp_path, redis_server):
@@ -322,9 +342,11 @@ def test_redis_stopped_mid_run_local_keeps_serving(tmp_path, redis_server):
         elapsed = time.time() - t0
     assert not hit and got == nb2
     assert elapsed < 3, f"a dead Redis cost {elapsed:.1f} s"
-    down = [w for w in caught if "unavailable" in str(w.message)]
-    assert len(down) == 1                                             # one warning, not one per call
-    assert cache.stats()["remote_errors"] >= 1
+    down = [w for w in caught if issubclass(w.category, RemoteUnavailableWarning)]
+    assert len(down) == 1 and down[0].message.url == url             # one warning, not one per call
+    # one failed call; the calls skipped while the tier rests (the second look-up and the store of
+    # get_or_build, the later hits never reach it) are not errors
+    assert cache.stats()["remote_errors"] == 1
 
 
 def test_slow_redis_costs_a_bounded_wait_and_one_warning(tmp_path, redis_server):
@@ -348,7 +370,7 @@ def test_slow_redis_costs_a_bounded_wait_and_one_warning(tmp_path, redis_server)
         sleeper.join()
     assert not hit and got == nb2
     assert elapsed < 2.5, f"a slow Redis cost {elapsed:.1f} s"
-    assert len([w for w in caught if "unavailable" in str(w.message)]) == 1
+    assert len([w for w in caught if issubclass(w.category, RemoteUnavailableWarning)]) == 1
 
 
 def test_stale_temp_files_anywhere_in_the_store_are_swept(tmp_path):
@@ -389,3 +411,366 @@ print(c.stats()["hits"])
     p = run_py(code)
     assert p.returncode == 0, p.stderr
     assert int(p.stdout.split()[-1]) == 10
+
+
+# -- the remote tier fails safe ---------------------------------------------------------
+
+def test_remote_without_hmac_key_is_left_out_with_one_warning(tmp_path, redis_server, monkeypatch):
+    """No key: the tier is refused entirely (not read, not written), one warning, local-only."""
+    url, _, client = redis_server
+    monkeypatch.setattr(remote_mod, "_disabled_warned", set())
+    monkeypatch.setenv("KERNBIN_REMOTE", url)
+    monkeypatch.delenv("KERNBIN_CACHE_HMAC_KEY", raising=False)
+    key, nb = synthetic("nokey")
+    client.set("kernbin:v1:" + key, b"KBR1\x00" + nb.without_ir().to_bytes())   # an unsigned (forgeable) entry
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        caches = [Cache.from_env(str(tmp_path / "c")) for _ in range(3)]
+        got, hit = caches[0].get_or_build(key, lambda: nb)
+        key2, nb2 = synthetic("nokey2")
+        caches[1].put(key2, nb2)
+        assert caches[2].get(key2) == nb2
+    disabled = [w.message for w in caught if issubclass(w.category, RemoteDisabledWarning)]
+    assert [(w.rule, w.url) for w in disabled] == [("no-hmac-key", url)]
+    assert all(c.remote is None for c in caches)
+    assert not hit                                                  # the unsigned entry was not read
+    assert client.keys("kernbin:v1:*") == [("kernbin:v1:" + key).encode()]   # nor anything written
+    with pytest.raises(RemoteConfigError) as e:
+        RedisStore(url, None)
+    assert (e.value.rule, e.value.url) == ("no-hmac-key", url)
+
+
+@pytest.mark.parametrize("url", ["garbage", "http://cache.example:6379/0", "redis://host:notaport",
+                                 "redis://localhost:6379/notadb", "redis://host:99999"])
+def test_malformed_remote_url_warns_once_and_runs_local_only(tmp_path, monkeypatch, url):
+    monkeypatch.setattr(remote_mod, "_disabled_warned", set())
+    monkeypatch.setenv("KERNBIN_REMOTE", url)
+    monkeypatch.setenv("KERNBIN_CACHE_HMAC_KEY", "fleet-secret")
+    key, nb = synthetic("url")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for i in range(4):                      # what every API call does: look up the configured cache
+            cache = Cache.from_env(str(tmp_path))
+            assert cache.remote is None
+            got, hit = cache.get_or_build(key, lambda: nb)
+            assert got == nb and hit == (i > 0)    # warm local hits keep working
+    disabled = [w.message for w in caught if issubclass(w.category, RemoteDisabledWarning)]
+    assert [(w.rule, w.url) for w in disabled] == [("url", url)]
+    assert cache.stats()["remote_errors"] == 0
+    with pytest.raises(RemoteConfigError) as e:
+        RedisStore(url, b"k")
+    assert e.value.rule == "url"
+
+
+def test_malformed_remote_url_one_warning_per_process(tmp_path):
+    code = f"""
+import json, warnings
+warnings.simplefilter("always")
+import sys; sys.path.insert(0, {os.path.join(ROOT, 'tests')!r})
+from test_cache import synthetic
+from kernbin.cache import Cache
+from kernbin.cache.remote import RemoteDisabledWarning
+key, nb = synthetic("proc")
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    hits = [Cache.from_env().get_or_build(key, lambda: nb)[1] for _ in range(5)]
+print(json.dumps({{"hits": hits, "rules": [w.message.rule for w in caught
+                                           if issubclass(w.category, RemoteDisabledWarning)]}}))
+"""
+    p = run_py(code, env={"KERNBIN_REMOTE": "garbage", "KERNBIN_CACHE_DIR": str(tmp_path)})
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout.splitlines()[-1])
+    assert out == {"hits": [False, True, True, True, True], "rules": ["url"]}
+
+
+# -- the cache directory is not an attack surface ---------------------------------------
+
+class _Hang(Exception):
+    pass
+
+
+@pytest.fixture
+def no_hang():
+    """Fail (instead of hanging the suite) if the test blocks for more than 10 s."""
+    def boom(*_):
+        raise _Hang()
+    old = signal.signal(signal.SIGALRM, boom)
+    signal.alarm(10)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)
+
+
+def _outside(tmp_path):
+    """A directory outside the store holding things kernbin must never touch: a valid entry, a lock,
+    an old temp file. Returns (directory, {name: bytes})."""
+    out = tmp_path / "outside"
+    out.mkdir()
+    key, nb = synthetic("outside")
+    files = {key + ".knb": nb.to_bytes(), "precious.lock": b"mine", ".tmp-old": b"x" * 100, "notes.txt": b"keep"}
+    for name, data in files.items():
+        (out / name).write_bytes(data)
+    old = time.time() - 7200
+    os.utime(out / ".tmp-old", (old, old))
+    return out, files
+
+
+def _intact(out, files):
+    return {p.name: p.read_bytes() for p in out.iterdir()} == files
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory", "symlink", "socket"])
+def test_non_regular_entry_is_a_counted_miss_and_removed(tmp_path, monkeypatch, no_hang, kind):
+    store = LocalStore(str(tmp_path / "c"))
+    key, nb = synthetic(kind)
+    path = store.path(key)
+    os.makedirs(os.path.dirname(path))
+    out, files = _outside(tmp_path)
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "directory":
+        os.mkdir(path)
+        (tmp_path / "c" / "v1" / "objects" / key[:2] / (key + ".knb") / "inner").write_bytes(b"x")
+    elif kind == "symlink":          # to a valid entry outside: still never followed
+        store_b = LocalStore(str(tmp_path / "b"))
+        store_b.put(key, nb)
+        os.symlink(store_b.path(key), path)
+    else:
+        monkeypatch.chdir(os.path.dirname(path))       # AF_UNIX paths are short
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind(os.path.basename(path))
+        sock.close()
+    assert store.get(key) is None
+    assert not os.path.lexists(path)                   # removed (a link is unlinked, not its target)
+    assert store.counters()["corrupt"] == 1
+    if kind == "symlink":
+        assert store_b.get(key) == nb
+    assert _intact(out, files)
+    store.put(key, nb)                                 # the name is usable again
+    assert store.get(key) == nb
+
+
+def test_symlinked_shard_is_never_followed(tmp_path, no_hang):
+    store = LocalStore(str(tmp_path / "c"))
+    out, files = _outside(tmp_path)
+    key = next(iter(files))[:-4]                       # a valid entry for this key lies outside
+    shard = os.path.dirname(store.path(key))
+    os.symlink(out, shard)
+    assert store.get(key) is None                      # not read through the link
+    assert store.entries() == []                       # not listed through it
+    _, nb = synthetic("outside")
+    store.put(key, nb)                                 # the link is replaced by a real directory
+    assert not os.path.islink(shard) and store.get(key) == nb
+    assert _intact(out, files)
+
+
+@pytest.mark.parametrize("where", ["locks", "shard", "objects"])
+def test_clear_and_prune_never_touch_anything_outside_the_store(tmp_path, where):
+    root = tmp_path / "c"
+    store = LocalStore(str(root))
+    keys = []
+    for tag in ("a", "b", "c"):
+        key, nb = synthetic(tag)
+        store.put(key, nb)
+        keys.append(key)
+    out, files = _outside(tmp_path)
+    target = {"locks": store.locks, "objects": store.objects,
+              "shard": os.path.dirname(store.path(next(iter(files))[:-4]))}[where]
+    if os.path.isdir(target):
+        import shutil
+        shutil.rmtree(target)
+    os.symlink(out, target)
+    store.prune(0)
+    assert _intact(out, files)
+    store.clear()
+    assert _intact(out, files)
+    os.unlink(target) if os.path.islink(target) else None
+    os.symlink(out, target) if not os.path.lexists(target) else None
+    for args in (("cache", "prune", "--max-size", "0"), ("cache", "clear")):
+        p = run_cli(*args, env={"KERNBIN_CACHE_DIR": str(root)})
+        assert p.returncode == 0, p.stderr
+        assert _intact(out, files)
+    assert not os.path.islink(target)                  # the link itself was removed
+
+
+def _as_nobody(fn):
+    """Run ``fn()`` in a forked child with uid/gid 65534; returns its (picklable) result."""
+    import pickle
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(r)
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            res = ("ok", fn())
+        except BaseException as e:               # report, never run the parent's test code
+            res = ("err", repr(e))
+        os.write(w, pickle.dumps(res))
+        os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        data = f.read()
+    os.waitpid(pid, 0)
+    return pickle.loads(data)
+
+
+def test_unreadable_entry_is_a_plain_miss(tmp_path):
+    import tempfile
+    base = tempfile.mkdtemp(prefix="kernbin-eacces-")      # traversable by another user
+    try:
+        os.chmod(base, 0o755)
+        store = LocalStore(base)
+        key, nb = synthetic("eacces")
+        store.put(key, nb)
+        os.chmod(store.path(key), 0o600 if os.geteuid() == 0 else 0)
+        if os.geteuid() == 0:              # root reads everything: read as another user
+            assert _as_nobody(lambda: store.get(key, touch=False) is None) == ("ok", True)
+        else:
+            assert store.get(key) is None
+        assert os.path.exists(store.path(key))                # not ours to judge: left alone
+        assert store.counters()["corrupt"] == 0
+    finally:
+        import shutil
+        shutil.rmtree(base)
+
+
+@pytest.mark.parametrize("umask, mode", [(0o002, 0o664), (0o077, 0o600), (0o022, 0o644)])
+def test_entry_files_follow_the_umask(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        store = LocalStore(str(tmp_path))
+        key, nb = synthetic("umask")
+        store.put(key, nb)
+        store.record("misses")
+        store.counters()                      # folds the event into stats.json
+    finally:
+        os.umask(old)
+    assert os.stat(store.path(key)).st_mode & 0o777 == mode
+    assert os.stat(os.path.join(store.root, "stats.json")).st_mode & 0o777 == mode
+    assert os.stat(os.path.dirname(store.path(key))).st_mode & 0o777 == mode | 0o111 & ~umask
+
+
+def test_cache_root_writable_by_everyone_or_owned_by_another_user_is_refused(tmp_path, monkeypatch):
+    root = tmp_path / "c"
+    root.mkdir()
+    os.chmod(root, 0o777)
+    with pytest.raises(UnsafeCacheDir) as e:
+        LocalStore(str(root))
+    assert (e.value.rule, e.value.path) == ("world-writable", str(root))
+    assert not (root / "v1").exists()                         # refused before writing anything
+    monkeypatch.setenv("KERNBIN_CACHE_DIR", str(root))
+    with pytest.raises(UnsafeCacheDir):
+        Cache.from_env()
+    monkeypatch.setenv("KERNBIN_CACHE_ALLOW_SHARED", "1")
+    assert Cache.from_env().local.allow_shared
+    monkeypatch.delenv("KERNBIN_CACHE_ALLOW_SHARED")
+    os.chmod(root, 0o1777)                                    # sticky, like /tmp: accepted
+    LocalStore(str(root))
+    afile = tmp_path / "file"
+    afile.write_bytes(b"")
+    with pytest.raises(UnsafeCacheDir) as e:
+        LocalStore(str(afile))
+    assert e.value.rule == "not-a-directory"
+    if os.geteuid() != 0:
+        pytest.skip("the ownership half needs root (chown to another user)")
+    other = tmp_path / "other"
+    other.mkdir()
+    os.chown(other, 65534, 65534)
+    with pytest.raises(UnsafeCacheDir) as e:
+        LocalStore(str(other))
+    assert (e.value.rule, e.value.uid) == ("owner", 65534)
+    LocalStore(str(other), allow_shared=True)
+    # in a sticky world-writable root, another user could create v1 first: refused too
+    os.chmod(root, 0o1777)
+    import shutil
+    shutil.rmtree(root / "v1")
+    (root / "v1").mkdir()
+    os.chown(root / "v1", 65534, 65534)
+    with pytest.raises(UnsafeCacheDir) as e:
+        LocalStore(str(root))
+    assert (e.value.rule, e.value.path) == ("owner", str(root / "v1"))
+
+
+def test_orphaned_temp_files_count_against_the_bound_and_are_swept(tmp_path):
+    _, probe = synthetic("x", 10_000)
+    size = len(probe.without_ir().to_bytes())
+    store = LocalStore(str(tmp_path), max_size=None)
+    keys = []
+    for i, tag in enumerate("ab"):
+        key, nb = synthetic(tag, 10_000)
+        store.put(key, nb)
+        os.utime(store.path(key), (time.time() - 100 + i,) * 2)
+        keys.append(key)
+    fresh = os.path.join(os.path.dirname(store.path(keys[0])), ".tmp-writing")   # a writer at work
+    with open(fresh, "wb") as f:
+        f.write(b"x" * (2 * size))
+    assert store.prune(3 * size) == [keys[0]]                 # 2 entries + 2 entries of temp > 3
+    assert os.path.exists(fresh)
+    old = time.time() - 2 * 3600                              # now its writer is long dead: swept, not counted
+    os.utime(fresh, (old, old))
+    assert store.prune(size) == [] and not os.path.exists(fresh)
+
+
+# -- scale: put is O(1) ------------------------------------------------------------------
+
+def _usage(store):
+    return store._usage.read()
+
+
+def test_put_does_not_scan_the_store_until_the_estimate_passes_the_bound(tmp_path, monkeypatch):
+    scans = []
+    real = local_mod._Tree.scan
+    monkeypatch.setattr(local_mod._Tree, "scan", lambda self, *a, **k: scans.append(1) or real(self, *a, **k))
+    _, probe = synthetic("p", 1000)
+    size = len(probe.without_ir().to_bytes())
+    store = LocalStore(str(tmp_path), max_size=40 * size + size // 2)
+    for i in range(40):
+        key, nb = synthetic(f"s{i}", 1000)
+        store.put(key, nb)
+    assert len(scans) == 1                                    # the first put: no estimate yet
+    assert _usage(store)[:2] == (40 * size, 40)
+    key, nb = synthetic("over", 1000)
+    store.put(key, nb)                                        # 41 entries > 40.5: one scan, evict to 90 %
+    assert len(scans) == 2
+    entries = store.entries()
+    assert sum(e["size"] for e in entries) <= 0.9 * store.max_size and len(entries) == 36
+    assert _usage(store) == (36 * size, 36, 0)
+    assert store.counters()["evicted"] == 5
+
+
+def test_usage_estimate_is_exact_after_concurrent_puts(tmp_path):
+    code = f"""
+import sys; sys.path.insert(0, {os.path.join(ROOT, 'tests')!r})
+from test_cache import synthetic
+from kernbin.cache import LocalStore
+store = LocalStore({str(tmp_path)!r})
+for i in range(25):
+    store.put(*synthetic(sys.argv[1] + str(i), 500 + i))
+"""
+    LocalStore(str(tmp_path)).put(*synthetic("first"))
+    procs = [subprocess.Popen([sys.executable, "-c", code, f"p{n}-"], cwd=ROOT) for n in range(4)]
+    assert [p.wait(timeout=120) for p in procs] == [0] * 4
+    store = LocalStore(str(tmp_path))
+    entries = store.entries()
+    assert len(entries) == 101
+    assert _usage(store)[:2] == (sum(e["size"] for e in entries), 101)
+
+
+def test_rescan_corrects_drift_and_a_garbage_estimate(tmp_path, monkeypatch):
+    monkeypatch.setattr(local_mod, "_RESCAN_MIN", 8)
+    store = LocalStore(str(tmp_path))
+    for i in range(10):
+        store.put(*synthetic(f"d{i}"))
+    for e in store.entries()[:4]:
+        os.unlink(store.path(e["key"]))                       # removed by hand: the estimate drifts
+    for i in range(8):
+        store.put(*synthetic(f"e{i}"))
+    real = store.entries()
+    assert _usage(store)[:2] == (sum(e["size"] for e in real), len(real))
+    with open(os.path.join(store.root, "usage"), "wb") as f:
+        f.write(b"\x00garbage")
+    store.put(*synthetic("after-garbage"))                    # unknown: rescanned
+    real = store.entries()
+    assert _usage(store) == (sum(e["size"] for e in real), len(real), 0)

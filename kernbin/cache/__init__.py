@@ -3,7 +3,7 @@ store and a Redis tier. Stores bytes and metadata only; never imports a backend.
 """
 
 from .key import CACHE_FORMAT, cache_key, key_for_info
-from .local import LocalStore, parse_size
+from .local import LocalStore, UnsafeCacheDir, parse_size
 from .tiered import Cache
 
-__all__ = ["CACHE_FORMAT", "cache_key", "key_for_info", "LocalStore", "parse_size", "Cache"]
+__all__ = ["CACHE_FORMAT", "cache_key", "key_for_info", "LocalStore", "UnsafeCacheDir", "parse_size", "Cache"]
