@@ -34,7 +34,12 @@ def atomic_write(path: str | os.PathLike, data: bytes, *, mode: int | None = Non
     """Publish ``data`` at ``path`` atomically (see the module docstring)."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=TMP_PREFIX)
+    if os.path.isdir(path):
+        raise IsADirectoryError(21, "Is a directory", path)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=TMP_PREFIX)
+    except OSError as e:              # name the file the caller asked for, not a temp name
+        raise type(e)(e.errno, e.strerror, path) from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

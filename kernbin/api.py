@@ -205,7 +205,8 @@ def _load_checked(device, native: NativeBinary):
     return module
 
 
-def load(native, target="opencl:cpu", *, ir=None, fallback: bool = True, trusted_keys=None):
+def load(native, target="opencl:cpu", *, ir=None, fallback: bool = True, trusted_keys=None,
+         isolate: bool = False):
     """Load a native binary (a :class:`NativeBinary`, ``.knb`` bytes or a path) natively.
 
     ``ir`` supplies the IR for the fallback when the binary has none embedded.
@@ -213,6 +214,9 @@ def load(native, target="opencl:cpu", *, ir=None, fallback: bool = True, trusted
     (:class:`InvalidBinary`, :class:`IncompatibleBinary` or :class:`RuntimeAPIError`). With trusted
     keys (argument or ``KERNBIN_TRUSTED_KEYS``) an unsigned or badly signed file is refused, and
     nothing from it (not its IR either) is used; only IR passed as ``ir`` may then be rebuilt from.
+    With ``isolate`` the bytes are first loaded in a child process (as ``check(isolate=True)``), so
+    a runtime that would crash on them crashes there; the verdict is remembered per binary and
+    device (in memory and under the cache directory), so the probe is paid once.
     """
     from .errors import SignatureError
     device = _device(target)
@@ -236,6 +240,11 @@ def load(native, target="opencl:cpu", *, ir=None, fallback: bool = True, trusted
         raise KernbinError("the IR given does not match the IR this binary was built from "
                            f"({given_ir.sha256[:12]} != {native.info.ir_sha256[:12]})")
     try:
+        if isolate:
+            verdict = _remembered_probe(device, native)
+            if verdict["verdict"] != "native":
+                raise RuntimeAPIError(device.target.backend, "isolated load", None, verdict.get("rule"),
+                                      verdict.get("reason", ""))
         return _load_checked(device, native)
     except (IncompatibleBinary, InvalidBinary) as e:
         if not fallback:
@@ -288,6 +297,43 @@ def _probe(device, native: NativeBinary, payload: bytes) -> dict:
     except KernbinError as e:
         return {"verdict": "driver", "reason": str(e), "rule": getattr(e, "code_name", None) or "driver"}
     return {"ok": True, "verdict": "native", "kernels": kernels}
+
+
+_probes: dict[str, dict] = {}
+
+
+def _remembered_probe(device, native: NativeBinary) -> dict:
+    """The isolated probe's verdict for these bytes on this device: from memory, from the cache
+    directory (``probes/``, one small JSON file per binary and device), or probed now and stored."""
+    import hashlib
+    import json
+    from . import paths
+    from ._fs import atomic_write, read_regular_file
+    key = hashlib.sha256(b"\0".join([native.sha256.encode(), device.id.fingerprint.encode(),
+                                     device.toolchain.key().encode()])).hexdigest()
+    got = _probes.get(key)
+    if got is not None:
+        return got
+    folder = os.path.join(paths.cache_dir(), "probes")
+    path = os.path.join(folder, key + ".json")
+    try:
+        got = json.loads(read_regular_file(path, 1 << 16, what="probe record"))
+        if not isinstance(got, dict) or got.get("verdict") not in ("native", "driver"):
+            got = None
+    except (OSError, ValueError, KernbinError):
+        got = None
+    if got is None:
+        got = {k: v for k, v in _probe_in_child(native, str(device.target)).items()
+               if k in ("verdict", "rule", "reason", "ok")}
+        got.setdefault("verdict", "native" if got.get("ok") else "driver")
+        if got["verdict"] in ("native", "driver"):
+            try:
+                os.makedirs(folder, mode=0o700, exist_ok=True)
+                atomic_write(path, json.dumps(got).encode())
+            except OSError:
+                pass                    # remembered in memory only
+    _probes[key] = got
+    return got
 
 
 def _probe_in_child(native: NativeBinary, target: str) -> dict:

@@ -25,7 +25,19 @@ KERNBIN_TRUSTED_KEYS (public keys: refuse .knb files and bundles not signed by o
 
 def _console(stderr=False):
     from rich.console import Console
-    return Console(stderr=stderr, highlight=False)
+    return Console(stderr=stderr, highlight=False, markup=False)   # names from files are never markup
+
+
+def _safe(text) -> str:
+    """Names read from files, fit for a terminal: control characters shown escaped (the console
+    interprets no markup, so nothing else can style or move the output)."""
+    return _plain(text)
+
+
+def _plain(text) -> str:
+    """Like :func:`_safe`, for print() rather than rich (no markup to escape)."""
+    text = str(text)
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _print_json(obj) -> None:
@@ -46,7 +58,7 @@ def cmd_devices(args) -> int:
     t = _table("target", "type", "name", "arch", "driver", "IR")
     for d in devices:
         spirv = d.to_json().get("spirv", [])
-        ir = d.details.get("ir") or (f"SPIR-V <={spirv[-1]}" if spirv else f"[red]{d.note}[/]")
+        ir = d.details.get("ir") or (f"SPIR-V <={spirv[-1]}" if spirv else f"{d.note}")
         t.add_row(d.target, d.type, d.id.name, d.id.arch, d.id.driver_version or "-", ir)
     _console().print(t)
     return 0
@@ -132,7 +144,7 @@ def _kernel_table(console, kernels) -> None:
     keys = sorted({k for kern in kernels for k in kern if k != "name"})
     t = _table("kernel", *(_SHORT.get(k, k) for k in keys))
     for kern in kernels:
-        t.add_row(kern["name"], *(str(kern.get(k, "")) for k in keys))
+        t.add_row(_safe(kern["name"]), *(_safe(kern.get(k, "")) for k in keys))
     console.print(t)
 
 
@@ -145,25 +157,25 @@ def cmd_inspect(args) -> int:
     c = _console()
     if obj["kind"] in ("spirv", "ptx"):
         what = f"SPIR-V {obj['version']}" if obj["kind"] == "spirv" else f"PTX {obj['version']} for {obj['target']}"
-        c.print(f"[bold]{obj['file']}[/]: {what}, {obj['bytes']} bytes, sha256 {obj['sha256']}")
-        c.print("kernels: " + ", ".join(k["name"] for k in obj["kernels"]))
+        c.print(f"{obj['file']}: {what}, {obj['bytes']} bytes, sha256 {obj['sha256']}")
+        c.print("kernels: " + ", ".join(_safe(k["name"]) for k in obj["kernels"]))
         return 0
     if obj["kind"] == "fat":
-        c.print(f"[bold]{obj['file']}[/]: ocloc fat binary, members: "
+        c.print(f"{obj['file']}: ocloc fat binary, members: "
                 + ", ".join(f"{m['member']} (IP {m['ip_version']}, .ze_info {m['ze_info_version']})"
                             for m in obj["members"]))
         return 0
     if obj["kind"] == "opencl-elf":
-        c.print(f"[bold]{obj['file']}[/]: Intel CPU OpenCL program binary, {obj['bytes']} bytes, sections "
+        c.print(f"{obj['file']}: Intel CPU OpenCL program binary, {obj['bytes']} bytes, sections "
                 + ", ".join(f"{k} {v}" for k, v in obj["container"]["sections"].items()))
         return 0
     if obj["kind"] == "zebin":
-        c.print(f"[bold]{obj['file']}[/]: zebin, {obj['bytes']} bytes, notes {obj['notes']}, "
+        c.print(f"{obj['file']}: zebin, {obj['bytes']} bytes, notes {obj['notes']}, "
                 f"IR {'embedded' if obj['ir_embedded'] else 'not embedded'}")
         _kernel_table(c, obj["kernels"])
         return 0
     tc = obj["toolchain"]
-    c.print(f"[bold]{obj['file']}[/]: {obj['binary_format']}, {obj['binary_bytes']} bytes "
+    c.print(f"{obj['file']}: {obj['binary_format']}, {obj['binary_bytes']} bytes "
             f"(sha256 {obj['sha256']}), target {obj['target']}")
     c.print(f"runs on: {obj['runs_on']}")
     c.print(f"built by: {tc['backend']}, {tc['compiler']}" + (f", driver {tc['driver']}" if tc["driver"] else "")
@@ -217,7 +229,7 @@ def cmd_check(args) -> int:
     elif res["ok"]:
         member = f" (fat-binary member {res['member']})" if res.get("member") else ""
         print(f"ok: {args.file} loads natively on {res['device']}{member}; kernels: "
-              + ", ".join(k["name"] for k in res["kernels"]))
+              + ", ".join(_plain(k["name"]) for k in res["kernels"]))
     else:
         who = "kernbin refused it before the driver saw it" if res["verdict"] == "gate" else "the driver refused it"
         print(f"not loadable ({who}): {res['reason']}")
@@ -321,13 +333,14 @@ def cmd_bundle_inspect(args) -> int:
         return 0
     c = _console()
     sig = obj["signature"]
-    c.print(f"[bold]{obj['file']}[/]: kernbin bundle, {obj['bytes']} bytes, {len(obj['kernels'])} kernel(s), "
+    c.print(f"{obj['file']}: kernbin bundle, {obj['bytes']} bytes, {len(obj['kernels'])} kernel(s), "
             f"{obj['blobs']} blob(s), made by {obj['created_by']}; "
             + (f"signed by key {sig.get('key_id')}" if sig else "unsigned"))
     t = _table("kernel", "target", "format", "bytes", "runs on", "flags")
     for name, k in obj["kernels"].items():
         for e in k["entries"]:
-            t.add_row(name, e["target"], e["binary_format"], str(e["bytes"]), e["runs_on"], " ".join(e["flags"]))
+            t.add_row(_safe(name), _safe(e["target"]), _safe(e["binary_format"]), str(e["bytes"]),
+                      _safe(e["runs_on"]), _safe(" ".join(e["flags"])))
         if k["ir"]:
             t.add_row(name, "(IR)", k["ir"]["kind"], str(k["ir"]["bytes"]), "rebuild anywhere its backend runs", "")
     c.print(t)
@@ -460,11 +473,11 @@ def cmd_bench(args) -> int:
         for r in report["kernels"]:
             t.add_row(r["name"], f"{r['ir_s'] * 1e3:.2f}", f"{r['native_s'] * 1e3:.2f}",
                       f"{r['raw_native_s'] * 1e3:.2f}", f"{r['ratio']:.1f}x", f"{r['overhead']:.2f}x",
-                      "yes" if r["correct"] else "[red]NO[/]")
+                      "yes" if r["correct"] else "NO")
         c = _console()
         c.print(t)
         raw = "raw binary load"
-        c.print(f"aggregate IR/native: [bold]{report['ratio']:.1f}x[/]; kernbin native vs {raw}: "
+        c.print(f"aggregate IR/native: {report['ratio']:.1f}x; kernbin native vs {raw}: "
                 f"{report['native_over_raw']:.2f}x")
         if args.plot:
             c.print(f"plot: {args.plot}")

@@ -210,3 +210,32 @@ def test_a_driver_crash_is_a_verdict_not_a_dead_process(driver, tmp_path):
     assert res["verdict"] == "driver" and res["rule"] == "crash" and "SIGABRT" in res["reason"]
     p = run_cli("check", str(own), "-t", "level-zero:0", "--json")
     assert p.returncode == 0 and json.loads(p.stdout)["verdict"] == "native"
+
+
+def test_load_isolate_probes_once_and_turns_a_crash_into_a_fallback(driver, tmp_path):
+    """load(..., isolate=True): the driver crashes on the bytes in a child, the parent rebuilds from
+    the IR and remembers the verdict (a second process does not probe again)."""
+    own = tmp_path / "own.knb"
+    assert run_cli("build", SAMPLES["vadd"].spv, "-t", "level-zero:0", "-o", str(own), "--no-cache").returncode == 0
+    code = f"""
+import json, warnings, os, numpy as np, kernbin
+from kernbin import api
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    m = kernbin.load({str(own)!r}, "level-zero:0", isolate=True)
+L = __import__("kernbin.samples", fromlist=["SAMPLES"]).SAMPLES["vadd"].setup(np.random.default_rng())
+m.kernel("vadd").launch(L.global_size, L.local_size, *L.args)
+print(json.dumps({{"source": m.source, "reason": m.fallback_reason, "correct": L.correct(),
+                   "records": len(os.listdir(os.path.join(os.environ["KERNBIN_CACHE_DIR"], "probes")))}}))
+"""
+    env = {"KBZE_CRASH_ON_NATIVE": "1", "KERNBIN_CACHE_DIR": str(tmp_path / "c")}
+    e = dict(os.environ, **env)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=e, timeout=300)
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout.splitlines()[-1])
+    assert out["source"] == "ir" and "crash" in out["reason"] and out["correct"] and out["records"] == 1
+    # without the crash knob the remembered verdict still stands: no new probe, the same decision
+    e.pop("KBZE_CRASH_ON_NATIVE")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=e, timeout=300)
+    out = json.loads(p.stdout.splitlines()[-1])
+    assert out["source"] == "ir" and out["records"] == 1

@@ -40,8 +40,10 @@
  *                        Zero CPU test driver)"), cut to ZE_MAX_DEVICE_NAME - 1 bytes at a UTF-8
  *                        character boundary; empty counts as unset
  *   KBZE_CRASH_ON_NATIVE when set, zeModuleCreate(ZE_MODULE_FORMAT_NATIVE) aborts the process
- *                        (SIGABRT), to play a driver that crashes on bytes it was handed (as an
- *                        older runtime did on a newer zebin): kernbin's isolated check must report it
+ *                        (SIGABRT) on any native binary this process's driver did not itself hand
+ *                        out (zeModuleGetNativeBinary), to play a driver that crashes on foreign
+ *                        bytes (as an older runtime did on a newer zebin) but runs its own: kernbin's
+ *                        isolated check must report it, and a rebuild from the IR must then work
  * All knobs but KBZE_SPILL_BYTES and KBZE_CRASH_ON_NATIVE are read once, at zeInit.
  */
 #define _GNU_SOURCE
@@ -76,6 +78,10 @@ typedef struct _ze_device_ip_version_ext_t {
 #define ELF_EM_INTELGT 205u                 /* an Intel GPU binary (zebin) */
 #define ELF64_EHDR_SIZE 64
 #define NATIVE_MAGIC "KBZECPU\0"
+/* checksums of the native binaries this process's driver handed out (KBZE_CRASH_ON_NATIVE spares them) */
+static uint64_t g_handed[4096];
+static size_t g_handed_n;
+static pthread_mutex_t g_handed_lock = PTHREAD_MUTEX_INITIALIZER;
 #define NATIVE_FORMAT 2u                    /* 1: the 40-byte header without the checksum */
 #define NATIVE_HEADER 48                    /* magic 8, format 4, driver 4, uuid 16, size 8, fnv1a64 8 */
 #define NATIVE_CHECKSUM_SEED 0xcbf29ce484222325ull
@@ -578,8 +584,16 @@ static ze_result_t ZE_APICALL kb_zeModuleCreate(ze_context_handle_t hc, ze_devic
         prog = cl.CreateProgramWithIL(c->ctx, desc->pInputModule, desc->inputSize, &err);
         if (err != CL_SUCCESS) { set_log(plog, strdup("the SPIR-V module was rejected")); return ZE_RESULT_ERROR_INVALID_ARGUMENT; }
     } else if (desc->format == ZE_MODULE_FORMAT_NATIVE) {
-        if (getenv("KBZE_CRASH_ON_NATIVE") && *getenv("KBZE_CRASH_ON_NATIVE")) abort();
         const uint8_t *in = desc->pInputModule;
+        if (getenv("KBZE_CRASH_ON_NATIVE") && *getenv("KBZE_CRASH_ON_NATIVE")) {
+            uint64_t sum = 0;
+            int own = 0;
+            if (desc->inputSize >= NATIVE_HEADER) memcpy(&sum, in + 40, 8);
+            pthread_mutex_lock(&g_handed_lock);
+            for (size_t i = 0; i < g_handed_n; i++) own |= g_handed[i] == sum;
+            pthread_mutex_unlock(&g_handed_lock);
+            if (!own) abort();
+        }
         uint32_t format, version;
         uint64_t size, checksum;
         if (desc->inputSize < NATIVE_HEADER || memcmp(in, NATIVE_MAGIC, 8)) {
@@ -644,6 +658,9 @@ static ze_result_t ZE_APICALL kb_zeModuleGetNativeBinary(ze_module_handle_t h, s
         memcpy(buf + 16, g_device.uuid, 16); memcpy(buf + 32, &size, 8); memcpy(buf + 40, &checksum, 8);
         m->native = buf;
         m->native_size = NATIVE_HEADER + n;
+        pthread_mutex_lock(&g_handed_lock);            /* remembered for KBZE_CRASH_ON_NATIVE */
+        if (g_handed_n < sizeof g_handed / sizeof g_handed[0]) g_handed[g_handed_n++] = checksum;
+        pthread_mutex_unlock(&g_handed_lock);
     }
     if (!out) { *pSize = m->native_size; return ZE_RESULT_SUCCESS; }
     if (*pSize < m->native_size) return ZE_RESULT_ERROR_INVALID_SIZE;
