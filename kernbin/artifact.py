@@ -151,9 +151,27 @@ class _MetaJSON(msgspec.Struct):
 _META = msgspec.json.Decoder(_MetaJSON)
 
 
+_MAX_DEPTH = 32
+
+
+def _check_depth(value, what: str) -> None:
+    """Refuse JSON data nested deeper than :data:`_MAX_DEPTH` (checked without recursion), so a
+    header is read the same way every time (the memoised, frozen copy walks it recursively)."""
+    stack = [(value, 0)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, (dict, list)):
+            if depth >= _MAX_DEPTH:
+                raise ValueError(f"build info {what!r} is nested deeper than {_MAX_DEPTH} levels")
+            stack.extend((x, depth + 1) for x in (v.values() if isinstance(v, dict) else v))
+
+
 def _info_from(j: _BuildJSON) -> BuildInfo:
     if not 0 <= j.build_seconds < 1e9:
         raise ValueError("build info 'build_seconds' must be a number of seconds")
+    _check_depth(j.extra, "extra")
+    if j.register_file is not None:
+        _check_depth(j.register_file, "register_file")
     t = j.toolchain
     return BuildInfo(
         target=j.target, toolchain=Toolchain(t.backend, t.compiler, t.driver, t.versions),
@@ -304,7 +322,10 @@ def _info_for(c) -> BuildInfo:
         if info is None:              # first sight: this caller alone holds it, no need to freeze
             _remember(c.header_digest, _SEEN_ONCE)
             return info_new
-        info = _frozen(info_new)      # seen again (a cache hit path): share one frozen copy
+        try:
+            info = _frozen(info_new)  # seen again (a cache hit path): share one frozen copy
+        except RecursionError:
+            raise InvalidBinary("bad build info in the header: nested too deeply", rule="build-info") from None
         _remember(c.header_digest, info)
     return info
 
