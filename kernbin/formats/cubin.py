@@ -91,15 +91,28 @@ def cubin_kernels(data: bytes) -> tuple[str, ...]:
         _, _, _, _, str_off, str_size = sec(shstrndx)
         if str_off + str_size > len(data):
             raise InvalidBinary("cubin section names are out of bounds", rule="elf")
-        names = []
+        names, seen, budget = [], {}, str_size
+        stop = str_off + str_size
         for i in range(shnum):
             name_off = sec(i)[0]
             if name_off >= str_size:
                 continue
-            end = data.find(b"\0", str_off + name_off, str_off + str_size)
-            name = data[str_off + name_off:end if end >= 0 else str_off + str_size].decode("utf-8", "replace")
-            if name.startswith(".text."):
-                names.append(name[len(".text."):])
+            name = seen.get(name_off)
+            if name is None:
+                start = str_off + name_off
+                if data[start:min(start + 6, stop)] != b".text.":
+                    continue
+                # Only kernel names are read in full, each offset once. Two different ".text.<name>"
+                # strings cannot overlap (a kernel name has no "."), so together they fit in the
+                # string table: more means a hostile table (names sharing one long run would make
+                # this loop quadratic).
+                end = data.find(b"\0", start, stop)
+                end = stop if end < 0 else end
+                budget -= end - start
+                if budget < 0:
+                    raise InvalidBinary("cubin section names overlap (malformed string table)", rule="elf")
+                name = seen[name_off] = data[start + 6:end].decode("utf-8", "replace")
+            names.append(name)
         return tuple(names)
     except struct.error:
         raise InvalidBinary("truncated cubin", rule="elf") from None

@@ -45,7 +45,10 @@ def describe(binary: bytes) -> dict:
         raise InvalidBinary(reason, rule="device-binary")
     from elftools.common.exceptions import ELFError
     from elftools.elf.elffile import ELFFile
+
+    from .zebin import check_elf_tables
     try:
+        check_elf_tables(binary, "CPU OpenCL binary")
         elf = ELFFile(io.BytesIO(binary))
         sections = {}
         for s in elf.iter_sections():
@@ -60,7 +63,10 @@ def describe(binary: bytes) -> dict:
         ver = elf.get_section_by_name(".ocl.ver")
         if ver is not None and ver.data_size >= 4:
             out["ocl_version"] = struct.unpack_from("<I", ver.data())[0]
-        obj = ELFFile(io.BytesIO(elf.get_section_by_name(".ocl.obj").data()))
+        obj_bytes = elf.get_section_by_name(".ocl.obj").data()
+        if len(obj_bytes) >= 64 and obj_bytes[:4] == b"\x7fELF" and obj_bytes[4:6] == b"\x02\x01":
+            check_elf_tables(obj_bytes, "CPU OpenCL binary's .ocl.obj", symbols=True)
+        obj = ELFFile(io.BytesIO(obj_bytes))
         out["object_machine"] = obj.header["e_machine"]
         symtab = obj.get_section_by_name(".symtab")
         if symtab is not None:

@@ -15,12 +15,14 @@ stable ``rule`` id:
 
 - ELF header: ``not-elf`` (no ELF magic or too short), ``elf-class`` (not little-endian
   ELF64), ``machine`` (not EM_INTELGT), ``elf-type`` (not a zebin ELF type);
-- sections: ``section-bounds`` (a section lies outside the file), ``missing-text`` (a
-  kernel in ``.ze_info`` has no ``.text.<kernel>``), ``malformed`` (any other failure
-  while reading the ELF, e.g. an exception from pyelftools);
+- sections: ``elf-tables`` (a section table outside the file or of more than
+  :data:`MAX_SECTIONS` entries, or section names that together run far past the file
+  size: see :func:`check_elf_tables`), ``section-bounds`` (a section lies outside the
+  file), ``missing-text`` (a kernel in ``.ze_info`` has no ``.text.<kernel>``),
+  ``malformed`` (any other failure while reading the ELF, e.g. an exception from pyelftools);
 - ``.ze_info``: ``no-ze-info``, ``ze-info-size`` (implausibly large), ``ze-info-yaml``
-  (not YAML/UTF-8), ``ze-info-kernels`` (no kernel list), ``kernel-entry`` (entry without
-  a name), ``execution-env`` (not a mapping, or a bad integer in it), ``buffer`` (bad
+  (not YAML/UTF-8, or uses an alias), ``ze-info-kernels`` (no kernel list), ``kernel-entry``
+  (entry without a name), ``execution-env`` (not a mapping, or a bad integer in it), ``buffer`` (bad
   ``per_thread_memory_buffers`` entry or size);
 - ``ar`` archives: ``ar-magic``, ``ar-header`` (bad header terminator), ``ar-size`` (bad
   size field), ``ar-bounds`` (a header or member runs past the end), ``ar-long-name``
@@ -39,12 +41,15 @@ from ..device import Requirements
 from ..errors import InvalidBinary
 
 __all__ = ["EM_INTELGT", "ZebinKernel", "Zebin", "parse_zebin", "is_zebin", "AR_MAGIC", "read_ar",
-           "is_fat", "select_from_fat", "requirements", "intel_gpu_can_run"]
+           "is_fat", "select_from_fat", "requirements", "intel_gpu_can_run", "check_elf_tables",
+           "MAX_SECTIONS", "MAX_SYMBOLS"]
 
 EM_INTELGT = 205
 _ET_OK = (1, 2, 3, 0xFF11, 0xFF12, 0xFF13)      # REL/EXEC/DYN and the ZEBIN_* variants
 _NOTE_NAMES = {1: "product_family", 2: "gfx_core_family", 3: "target_metadata", 4: "zebin_version"}
 MAX_ZE_INFO = 16 << 20
+MAX_SECTIONS = 1 << 14          # sections of one ELF (a zebin has about one per kernel, plus ~10)
+MAX_SYMBOLS = 1 << 15           # symbols of one symbol table
 
 
 @dataclass(frozen=True)
@@ -108,11 +113,101 @@ def parse_zebin(data: bytes) -> Zebin:
     if e_type not in _ET_OK:
         raise InvalidBinary(f"ELF type 0x{e_type:x} is not a zebin type", rule="elf-type")
     try:
+        check_elf_tables(data, "zebin")
         return _parse(data)
     except InvalidBinary:
         raise
     except Exception as e:   # pyelftools and yaml raise many kinds on hostile input
         raise InvalidBinary(f"malformed zebin: {type(e).__name__}: {e}", rule="malformed") from None
+
+
+def check_elf_tables(data: bytes, what: str, *, symbols: bool = False) -> None:
+    """Linear-time bounds, checked with ``struct`` before pyelftools walks an ELF64 (little-endian,
+    header already checked): it is not built for hostile input -- it walks the whole section table
+    on each lookup and reads every name from its offset to the next NUL *in the file*, 64 bytes
+    per Python call, so a few MB of section headers whose names share one long run without a NUL
+    take minutes (and 65535 plain ones about 2 s).
+
+    Raises :class:`InvalidBinary` (rule ``elf-tables``) unless: the section table (extended
+    numbering included) lies in the file, has at most :data:`MAX_SECTIONS` entries of at least
+    64 bytes; with ``symbols``, the symbol tables have at most :data:`MAX_SYMBOLS` entries in all; and
+    all those names together (as pyelftools reads them) are at most 4 x the file size + 1 MiB."""
+    n = len(data)
+    shoff, = struct.unpack_from("<Q", data, 40)
+    if shoff == 0:
+        return                                          # no section table
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 58)
+
+    def bad(reason):
+        return InvalidBinary(f"{what}: {reason}", rule="elf-tables")
+    if shentsize < 64 or shoff > n - 64:
+        raise bad(f"section table at {shoff} (entries of {shentsize} bytes) is not inside the file")
+    if shnum == 0 or shstrndx == 0xFFFF:                # extended numbering: the values are in section 0
+        size0, link0 = struct.unpack_from("<Q", data, shoff + 32)[0], struct.unpack_from("<I", data, shoff + 40)[0]
+        shnum = size0 if shnum == 0 else shnum
+        shstrndx = link0 if shstrndx == 0xFFFF else shstrndx
+    if shnum > MAX_SECTIONS:
+        raise bad(f"{shnum} sections (at most {MAX_SECTIONS})")
+    if shoff + (shnum - 1) * shentsize + 64 > n:
+        raise bad(f"section table of {shnum} entries runs past the end of the file")
+    budget = 4 * n + (1 << 20)
+
+    def names(strtab: int, offsets) -> None:
+        nonlocal budget
+        if strtab >= shnum:
+            return
+        base, = struct.unpack_from("<Q", data, shoff + strtab * shentsize + 24)
+        for off in offsets:
+            start = base + off
+            if start >= n:
+                continue
+            end = data.find(b"\0", start, start + budget + 1)
+            budget -= (end if end >= 0 else min(n, start + budget + 1)) - start
+            if budget < 0:
+                raise bad("section or symbol names run far past the end of the file (overlapping names)")
+    headers = [shoff + i * shentsize for i in range(shnum)]
+    names(shstrndx, (struct.unpack_from("<I", data, h)[0] for h in headers))
+    if symbols:
+        total = 0
+        for h in headers:
+            typ, = struct.unpack_from("<I", data, h + 4)
+            if typ not in (2, 11):                      # SHT_SYMTAB, SHT_DYNSYM
+                continue
+            off, size = struct.unpack_from("<QQ", data, h + 24)
+            link, = struct.unpack_from("<I", data, h + 40)
+            entsize, = struct.unpack_from("<Q", data, h + 56)
+            if entsize == 0:
+                continue                                # pyelftools refuses it
+            count = size // entsize
+            total += count
+            if total > MAX_SYMBOLS:
+                raise bad(f"symbol tables of {total} entries or more (at most {MAX_SYMBOLS} in all)")
+            names(link, (struct.unpack_from("<I", data, off + k * entsize)[0] for k in range(count)
+                         if off + k * entsize + 4 <= n))
+
+
+_LOADER = None
+
+
+def _ze_info_loader():
+    """The YAML loader for ``.ze_info``: libyaml's (``CSafeLoader``, when PyYAML has it: 5-10x
+    faster than the pure-Python one, which takes seconds for a few hundred kernels, and with a
+    bound on nesting depth, where the pure-Python scanner goes quadratic), refusing aliases
+    (``*name``): IGC never writes them, and a few nested ones (a YAML "billion laughs") expand
+    to billions of nodes as soon as a value is printed or walked (``str()`` of the version, an
+    error message), hanging the reader. A node constructed twice is an alias."""
+    global _LOADER
+    if _LOADER is None:
+        import yaml
+
+        class _ZeInfoLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
+            def construct_object(self, node, deep=False):
+                if node in self.constructed_objects:
+                    raise yaml.constructor.ConstructorError(None, None, "aliases are not allowed in .ze_info",
+                                                            node.start_mark)
+                return super().construct_object(node, deep)
+        _LOADER = _ZeInfoLoader
+    return _LOADER
 
 
 def _parse(data: bytes) -> Zebin:
@@ -136,7 +231,7 @@ def _parse(data: bytes) -> Zebin:
     if ze["sh_size"] > MAX_ZE_INFO:
         raise InvalidBinary(f".ze_info of {ze['sh_size']} bytes is implausibly large", rule="ze-info-size")
     try:
-        info = yaml.safe_load(ze.data().decode("utf-8"))
+        info = yaml.load(ze.data().decode("utf-8"), Loader=_ze_info_loader())
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise InvalidBinary(f".ze_info is not valid YAML: {e}", rule="ze-info-yaml") from None
     if not isinstance(info, dict) or not isinstance(info.get("kernels", []), list):
