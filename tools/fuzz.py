@@ -77,7 +77,7 @@ _SHM_HEAD = 64
 _SHM_SIZE = _SHM_HEAD + MAX_INPUT
 
 ACCEPTED, REJECTED, OTHER = "accepted", "rejected", "other"
-KINDS = ("spirv", "ptx", "knb", "zebin", "fat", "ocl", "cubin", "fatbin")
+KINDS = ("spirv", "ptx", "knb", "zebin", "fat", "ocl", "cubin", "fatbin", "kbin")
 
 
 # =============================================================================================
@@ -134,6 +134,20 @@ def collect_seeds(log=_log, builds: bool = True, samples=_BUILD_SAMPLES) -> dict
                     body = nb.binary[m["offset"]:m["offset"] + m["size"]]
                     if m["kind"] == "cubin" and cubin.is_cubin(body):
                         seeds["cubin"].append((f"{tag}:sm_{m['sm']}", body))
+    knbs = [kernbin.NativeBinary.from_bytes(d) for name, d in seeds["knb"] if not name.endswith(".noir.knb")]
+    if knbs:                                  # a bundle of every build, with IR, signed (blobs shared)
+        import tempfile
+        from kernbin import signing
+        from kernbin.bundle import write_bundle
+        with tempfile.TemporaryDirectory(prefix="kernbin-fuzz-") as tmp:
+            kernels = {}
+            for i, nb in enumerate(knbs):
+                k = kernels.setdefault(f"k{nb.ir.sha256[:12]}", {"ir": nb.ir, "natives": []})
+                k["natives"].append(nb.without_ir())
+            priv, _ = signing.generate_key(os.path.join(tmp, "key"))
+            path = write_bundle(os.path.join(tmp, "b.kbin"), kernels, sign_key=priv)
+            with open(path, "rb") as f:
+                seeds["kbin"].append(("build:bundle.kbin", f.read()))
     return seeds
 
 
@@ -1211,6 +1225,31 @@ def _check_cache(nb, data, seed, ctx):
         raise Invariant("LocalStore.get returned an entry whose build info does not hash to its key")
 
 
+_BUNDLE_PATH = None
+
+
+def _run_bundle(data, seed, ctx):
+    """Open a bundle and read everything in it: every kernel's entries, blobs and IR, then verify."""
+    import tempfile
+    import kernbin
+    global _BUNDLE_PATH
+    if _BUNDLE_PATH is None:
+        _BUNDLE_PATH = os.path.join(tempfile.mkdtemp(prefix="kernbin-fuzz-bundle-"), "x.kbin")
+    path = _BUNDLE_PATH
+    with open(path, "wb") as f:
+        f.write(data)
+    out = {}
+    with kernbin.open_bundle(path) as b:
+        for name in b.names:
+            entries = b.entries(name)
+            for e in entries:
+                b.native(e)
+            ir = b.ir(name)
+            out[name] = (len(entries), ir.sha256 if ir is not None else None)
+        b.verify()
+    return out
+
+
 def _run_spirv(data, seed, ctx):
     from kernbin.ir import SpirvModule
     return SpirvModule.from_bytes(data)
@@ -1282,6 +1321,7 @@ TARGETS = {t.name: t for t in (
     Target("opencl-elf", ("ocl",), _run_ocl, "kernbin.formats.opencl_elf.describe", _check_json),
     Target("cubin", ("cubin",), _run_cubin, "kernbin.formats.cubin.cubin_kernels + cubin_sm"),
     Target("fatbin", ("fatbin",), _run_fatbin, "kernbin.formats.cubin.fatbin_members"),
+    Target("bundle", ("kbin",), _run_bundle, "kernbin.open_bundle + every entry, blob and IR, then verify()"),
     Target("inspect", KINDS, _run_inspect, "kernbin.inspect.describe_bytes on any seed (output must be JSON-able)",
            _check_json),
 )}
