@@ -16,7 +16,7 @@ import tempfile
 
 from .errors import KernbinError
 
-__all__ = ["atomic_write", "read_regular_file", "TMP_PREFIX", "FileRefused"]
+__all__ = ["atomic_write", "read_regular_file", "read_fd", "TMP_PREFIX", "FileRefused"]
 
 #: every temp file kernbin writes starts with this (the cache's stale-temp sweep looks for it)
 TMP_PREFIX = ".tmp-"
@@ -66,6 +66,18 @@ def atomic_write(path: str | os.PathLike, data: bytes, *, mode: int | None = Non
         os.close(dfd)
 
 
+def read_fd(fd: int, n: int) -> bytes:
+    """Up to ``n`` bytes from ``fd``, looping over short reads, stopping at end of file."""
+    chunks, left = [], n
+    while left > 0:
+        chunk = os.read(fd, left)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
 def read_regular_file(path: str | os.PathLike, limit: int, *, what: str = "file") -> bytes:
     """The bytes of a regular file of at most ``limit`` bytes; :class:`FileRefused` otherwise.
     Opened non-blocking so that a FIFO cannot hang the open itself."""
@@ -78,14 +90,7 @@ def read_regular_file(path: str | os.PathLike, limit: int, *, what: str = "file"
             raise FileRefused(path, "not-regular", f"{what} is {kind}")
         if st.st_size > limit:
             raise FileRefused(path, "too-large", f"{what} is {st.st_size} bytes, more than the {limit}-byte limit")
-        chunks, left = [], st.st_size + 1          # one more byte tells a file that grew meanwhile
-        while left > 0:
-            chunk = os.read(fd, left)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            left -= len(chunk)
-        data = b"".join(chunks)
+        data = read_fd(fd, st.st_size + 1)       # one more byte tells a file that grew meanwhile
         if len(data) > limit:
             raise FileRefused(path, "too-large", f"{what} grew past the {limit}-byte limit while being read")
         return data

@@ -33,7 +33,7 @@ from ..ir import IR
 from ..target import Target
 from ._launch import DevicePointer, LaunchConfig, LocalMemory, launch_sizes
 
-__all__ = ["Backend", "Fit", "DeviceInfo", "Device", "Module", "Kernel", "LaunchConfig", "LocalMemory",
+__all__ = ["Backend", "Fit", "exact_match", "DeviceInfo", "Device", "Module", "Kernel", "LaunchConfig", "LocalMemory",
            "DevicePointer", "launch_sizes"]
 
 
@@ -59,6 +59,16 @@ class DeviceInfo:
     def to_json(self) -> dict:
         return {"target": self.target, "type": self.type, "usable": self.usable, "note": self.note,
                 "fingerprint": self.id.fingerprint, **self.id.to_json(), **self.details}
+
+
+def exact_match(required: Mapping, mine: Mapping, rule: str, what: str) -> Fit:
+    """The rule for binaries only one exact runtime may load: every value equal, or a Fit naming
+    the differences (``what`` says whose they are)."""
+    diff = [k for k in sorted(set(required) | set(mine)) if required.get(k) != mine.get(k)]
+    if diff:
+        detail = "; ".join(f"{k} {required.get(k)!r} != {mine.get(k)!r}" for k in diff)
+        return Fit(False, f"{what}: {detail}", rule)
+    return Fit(True)
 
 
 class Backend(ABC):

@@ -33,7 +33,7 @@ from . import _intel
 from . import _ze as ze
 from ._icd import wire_intel_cpu_runtime
 from ._launch import HostArrays, classify
-from .base import Backend, Device, DeviceInfo, Fit, Kernel, Module
+from .base import Backend, Device, DeviceInfo, Fit, Kernel, Module, exact_match
 
 __all__ = ["LevelZeroBackend", "LevelZeroDevice", "INSTALL_HINT"]
 
@@ -163,12 +163,8 @@ class LevelZeroBackend(Backend):
             return _intel.can_run(info, device)
         if req.kind == "level-zero-driver":
             # not a zebin: the spec promises native binaries only within one driver instance
-            mine = device.requirements_for_own_binaries().values
-            diff = [k for k in sorted(set(req.values) | set(mine)) if req.values.get(k) != mine.get(k)]
-            if diff:
-                detail = "; ".join(f"{k} {req.values.get(k)!r} != {mine.get(k)!r}" for k in diff)
-                return Fit(False, f"made by another Level Zero driver or device: {detail}", "driver")
-            return Fit(True)
+            return exact_match(req.values, device.requirements_for_own_binaries().values, "driver",
+                               "made by another Level Zero driver or device")
         return Fit(False, f"a Level Zero device cannot run a {req.kind} binary", "kind")
 
 

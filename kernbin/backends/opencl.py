@@ -28,7 +28,7 @@ from ..target import Target
 from . import _intel
 from ._icd import wire_intel_cpu_runtime
 from ._launch import HostArrays, classify
-from .base import Backend, Device, DeviceInfo, Fit, Kernel, Module
+from .base import Backend, Device, DeviceInfo, Fit, Kernel, Module, exact_match
 
 __all__ = ["OpenCLBackend", "OpenCLDevice", "wire_intel_cpu_runtime", "INSTALL_HINT"]
 
@@ -185,12 +185,8 @@ class OpenCLBackend(Backend):
     def can_run(self, info: BuildInfo, device: "OpenCLDevice") -> Fit:
         req = info.requires
         if req.kind == "opencl-runtime":
-            mine = device.requirements_for_own_binaries().values
-            diff = [k for k in sorted(set(req.values) | set(mine)) if req.values.get(k) != mine.get(k)]
-            if diff:
-                detail = "; ".join(f"{k} {req.values.get(k)!r} != {mine.get(k)!r}" for k in diff)
-                return Fit(False, f"built for another OpenCL runtime or device: {detail}", "runtime")
-            return Fit(True)
+            return exact_match(req.values, device.requirements_for_own_binaries().values, "runtime",
+                               "built for another OpenCL runtime or device")
         if req.kind in ("intel-gpu", "intel-gpu-fat"):
             return _intel.can_run(info, device)
         return Fit(False, f"an OpenCL device cannot run a {req.kind} binary", "kind")

@@ -46,7 +46,7 @@ import time
 import weakref
 from contextlib import contextmanager
 
-from .._fs import TMP_PREFIX, atomic_write
+from .._fs import TMP_PREFIX, atomic_write, read_fd
 from ..artifact import NativeBinary
 from ..errors import InvalidBinary, KernbinError
 from ..paths import UnsafeCacheDir, check_cache_dir
@@ -758,13 +758,6 @@ def _read_small(path: str, limit: int) -> bytes:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
             raise OSError(errno.EINVAL, "not a small regular file", path)
-        chunks, left = [], st.st_size
-        while left > 0:
-            chunk = os.read(fd, left)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            left -= len(chunk)
-        return b"".join(chunks)
+        return read_fd(fd, st.st_size)
     finally:
         os.close(fd)
