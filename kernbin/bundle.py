@@ -90,18 +90,21 @@ class Bundle:
     def __init__(self, path, *, trusted_keys=None, require_signature: bool | None = None, loader=None):
         from ._fs import FileRefused
         import stat
-        self.path = os.fspath(path)
         self._loader = loader
-        fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise FileRefused(self.path, "not-regular", "bundle is not a regular file")
-            if st.st_size == 0:
-                raise BundleError("empty file is not a bundle", rule="truncated")
-            self._map = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
-        finally:
-            os.close(fd)
+        if isinstance(path, (bytes, bytearray, memoryview)):       # a bundle already in memory
+            self.path, self._map = "<bytes>", bytes(path)
+        else:
+            self.path = os.fspath(path)
+            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+            try:
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):
+                    raise FileRefused(self.path, "not-regular", "bundle is not a regular file")
+                if st.st_size == 0:
+                    raise BundleError("empty file is not a bundle", rule="truncated")
+                self._map = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+            finally:
+                os.close(fd)
         try:
             self._c = container.Container.parse(self._map, magic=BUNDLE_MAGIC, versions=(BUNDLE_VERSION,),
                                                 max_header=MAX_MANIFEST)
@@ -241,7 +244,8 @@ class Bundle:
         if m is not None:
             self._c = None
             try:
-                m.close()
+                if isinstance(m, mmap.mmap):
+                    m.close()
             except BufferError:             # a section view still alive: the mapping closes with it
                 pass
             self._map = None

@@ -165,6 +165,10 @@ def cmd_inspect(args) -> int:
                 + ", ".join(f"{m['member']} (IP {m['ip_version']}, .ze_info {m['ze_info_version']})"
                             for m in obj["members"]))
         return 0
+    if obj["kind"] == "bundle":
+        c.print(f"{obj['file']}: kernbin bundle, {obj['bytes']} bytes, kernels "
+                + ", ".join(_safe(k) for k in obj["kernels"]) + " (details: kernbin bundle inspect)")
+        return 0
     if obj["kind"] == "opencl-elf":
         c.print(f"{obj['file']}: Intel CPU OpenCL program binary, {obj['bytes']} bytes, sections "
                 + ", ".join(f"{k} {v}" for k, v in obj["container"]["sections"].items()))

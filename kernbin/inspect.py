@@ -1,7 +1,7 @@
 """Recognise and describe any file kernbin knows, as plain JSON-able data.
 
 :func:`describe_file` / :func:`describe_bytes` sniff the content (never the file name):
-SPIR-V, PTX, a ``.knb``, a zebin, an ocloc fat archive, or the Intel CPU OpenCL runtime's
+SPIR-V, PTX, a ``.knb``, a bundle, a zebin, an ocloc fat archive, or the Intel CPU OpenCL runtime's
 program binary; anything else is :class:`~kernbin.errors.InvalidBinary` (``rule="unknown-format"``).
 The command line prints these dictionaries; scripts can use them directly.
 """
@@ -26,7 +26,7 @@ def describe_file(path: str | os.PathLike) -> dict:
 
 
 def describe_bytes(data: bytes) -> dict:
-    """``{"kind": "spirv" | "ptx" | "knb" | "zebin" | "fat" | "opencl-elf", "bytes": n, ...}``."""
+    """``{"kind": "spirv" | "ptx" | "knb" | "bundle" | "zebin" | "fat" | "opencl-elf", "bytes": n, ...}``."""
     from .artifact import KNB_MAGIC
     from .formats import opencl_elf, zebin
     from .ir import read_ir
@@ -43,6 +43,12 @@ def describe_bytes(data: bytes) -> dict:
         return out
     if data[:len(KNB_MAGIC)] == KNB_MAGIC:
         return _describe_knb(data)
+    from .bundle import Bundle, is_bundle
+    if is_bundle(data):
+        with Bundle(data, require_signature=False) as b:
+            out = b.describe()
+        out.pop("file", None)
+        return {"kind": "bundle", **out, "bytes": n}
     if zebin.is_zebin(data):
         z = zebin.parse_zebin(data)
         return {"kind": "zebin", "bytes": n, "notes": z.notes, "sections": z.sections, "ir_embedded": z.has_ir,
@@ -53,7 +59,7 @@ def describe_bytes(data: bytes) -> dict:
         return {"kind": "fat", "bytes": n, "members": req.get("members", []), "kernels": []}
     if opencl_elf.quick_check(data) is None:
         return {"kind": "opencl-elf", "bytes": n, "container": opencl_elf.describe(data), "kernels": []}
-    raise InvalidBinary("not a file kernbin knows (SPIR-V, PTX, .knb, zebin, ocloc fat archive, "
+    raise InvalidBinary("not a file kernbin knows (SPIR-V, PTX, .knb, bundle, zebin, ocloc fat archive, "
                         "OpenCL CPU binary)", rule="unknown-format")
 
 
