@@ -79,20 +79,14 @@ def pack(magic: bytes, version: int, header: dict, sections: list[tuple[str, byt
     if not isinstance(header, dict):
         raise ContainerError("header-json", f"header must be a dict, got {type(header).__name__}")
     _check_align(align)
-    entries, blobs, seen, end = [], [], set(), 0
-    for name, data in sections:
+    seen = set()
+    for name, _ in sections:
         if not isinstance(name, str) or not _NAME.fullmatch(name):
             raise ContainerError("section-name", f"illegal section name {name!r}", section=_str_or_none(name))
         if name in seen:
             raise ContainerError("section-name", f"duplicate section name {name!r}", section=name)
         seen.add(name)
-        data = memoryview(data).cast("B")
-        offset = _round_up(end, align)
-        if offset > end:
-            blobs.append(bytes(offset - end))
-        entries.append({"name": name, "offset": offset, "size": len(data), "digest": blake3(data).hexdigest()})
-        blobs.append(data)
-        end = offset + len(data)
+    entries, blobs = layout_sections(sections, align)
     doc = {"align": align, "digest": DIGEST, "meta": header, "sections": entries}
     try:
         hbytes = json.dumps(doc, separators=(",", ":"), sort_keys=True, ensure_ascii=False,
@@ -105,6 +99,22 @@ def pack(magic: bytes, version: int, header: dict, sections: list[tuple[str, byt
     pad = bytes(_round_up(hend, align) - hend)
     prefix = _PREFIX.pack(magic, version, len(hbytes), blake3(hbytes).digest())
     return b"".join([prefix, hbytes, pad, *blobs])
+
+
+def layout_sections(sections, align: int) -> tuple[list[dict], list]:
+    """The section table and payload pieces :func:`pack` writes for ``sections`` (no name checks:
+    tools that forge containers on purpose use this too). Each section starts at the previous end
+    rounded up to ``align``; the gaps are zero bytes."""
+    entries, blobs, end = [], [], 0
+    for name, data in sections:
+        data = memoryview(data).cast("B")
+        offset = _round_up(end, align)
+        if offset > end:
+            blobs.append(bytes(offset - end))
+        entries.append({"name": name, "offset": offset, "size": len(data), "digest": blake3(data).hexdigest()})
+        blobs.append(data)
+        end = offset + len(data)
+    return entries, blobs
 
 
 def _str_or_none(name) -> str | None:

@@ -720,15 +720,8 @@ def mutate_tree(rng, root, strings, raw: _Raw):
 # -- .knb containers ----------------------------------------------------------------------------
 def _layout_sections(sections, align: int):
     """(entries, payload): what :func:`kernbin.container.pack` writes for these sections."""
-    from blake3 import blake3
-    entries, blobs, end = [], [], 0
-    for name, data in sections:
-        offset = _round_up(end, align)
-        if offset > end:
-            blobs.append(bytes(offset - end))
-        entries.append({"name": name, "offset": offset, "size": len(data), "digest": blake3(data).hexdigest()})
-        blobs.append(data)
-        end = offset + len(data)
+    from kernbin.container import layout_sections
+    entries, blobs = layout_sections(sections, align)
     return entries, b"".join(blobs)
 
 
