@@ -40,13 +40,27 @@ err, ctx = cu.cuDevicePrimaryCtxRetain(dev)
 cu.cuCtxSetCurrent(ctx)
 import kernbin
 device = kernbin.open_device("cuda:0")
+from kernbin import api
 blobs = [(open(p, "rb").read(), name) for p, name in listing]
-out = []
+out, keep = [], []                # every path keeps its modules loaded (an unload inside a timing is not a load)
 for data, name in blobs:
     t0 = time.perf_counter()
     if mode == "native":
         m = kernbin.load(data, device, fallback=False)
         m.kernel(name)
+        keep.append(m)
+    elif mode == "stages":        # the native path's steps, timed one by one (internal API)
+        nb = kernbin.read_native(data)
+        t1 = time.perf_counter()
+        payload, fit = api._gate(device, nb)
+        t2 = time.perf_counter()
+        m = device.load_native(nb, payload)
+        t3 = time.perf_counter()
+        m.kernel(name)
+        t4 = time.perf_counter()
+        keep.append(m)
+        out.append([t1 - t0, t2 - t1, t3 - t2, t4 - t3])
+        continue
     else:
         if mode == "ptx" and not data.endswith(b"\0"):
             data += b"\0"
@@ -54,6 +68,7 @@ for data, name in blobs:
         assert int(err) == 0, err
         err, f = cu.cuModuleGetFunction(mod, name.encode())
         assert int(err) == 0, err
+        keep.append(mod)
     out.append(time.perf_counter() - t0)
 print(json.dumps(out))
 """
@@ -154,6 +169,7 @@ def main(argv=None) -> int:
         names = list(files)
         times = {n: {m: [] for m in ("ptx", "native", "raw")} for n in names}
         first = {m: [] for m in ("ptx", "native", "raw")}
+        stages = {}
         for r in range(args.repeat):
             order = names[r % len(names):] + names[:r % len(names)]     # each kernel takes a turn at first
             for m in ("ptx", "native", "raw"):
@@ -161,6 +177,8 @@ def main(argv=None) -> int:
                 first[m].append(secs[0])
                 for n, t in zip(order[1:], secs[1:]):                  # steady state: not the first load
                     times[n][m].append(t)
+            for n, t in zip(order[1:], _spawn("stages", [[files[n][0]["native"], files[n][1]] for n in order])[1:]):
+                stages.setdefault(n, []).append(t)
         for n, (paths, entry, compile_s, arch, attrs) in files.items():
             med = {m: statistics.median(times[n][m]) for m in times[n]}
             rows.append({"kernel": n, "entry": entry, "triton_compile_s": compile_s, "ptx_s": med["ptx"],
@@ -169,10 +187,14 @@ def main(argv=None) -> int:
                          "registers": attrs.get("registers"), "runs": times[n]})
     tot = {k: sum(r[f"{k}_s"] for r in rows) for k in ("ptx", "native", "raw")}
     first_med = {m: statistics.median(v) for m, v in first.items()}
+    stage_names = ("read+verify", "gate", "cuModuleLoadData", "kernel")
+    stage_us = {s: sum(statistics.median(t[i] for t in ts) for ts in stages.values()) / len(stages) * 1e6
+                for i, s in enumerate(stage_names)}
     report = {"device": dev.id.describe(), "repeat": args.repeat, "kernels": rows, "first_load_s": first_med,
               "ptx_total_s": tot["ptx"], "native_total_s": tot["native"], "raw_total_s": tot["raw"],
               "ratio": tot["ptx"] / tot["native"], "native_over_raw": tot["native"] / tot["raw"],
-              "overhead_us_per_kernel": (tot["native"] - tot["raw"]) / len(rows) * 1e6}
+              "overhead_us_per_kernel": (tot["native"] - tot["raw"]) / len(rows) * 1e6,
+              "native_stages_us_per_kernel": stage_us}
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)
@@ -184,6 +206,7 @@ def main(argv=None) -> int:
     print(f"{'all':22s} {tot['ptx'] * 1e3:11.2f} {tot['native'] * 1e3:10.3f} {tot['raw'] * 1e3:8.3f} "
           f"{report['ratio']:8.0f}x {report['native_over_raw']:7.2f}x  "
           f"({report['overhead_us_per_kernel']:.1f} us per kernel over raw)")
+    print("native path by step (us per kernel, medians): " + ", ".join(f"{k} {v:.1f}" for k, v in stage_us.items()))
     print(f"first load in a fresh process (median over kernels taking turns): PTX {first_med['ptx'] * 1e3:.2f} ms, "
           f"native {first_med['native'] * 1e3:.3f} ms, raw {first_med['raw'] * 1e3:.3f} ms")
     return 0

@@ -235,7 +235,6 @@ def load(native, target="opencl:cpu", *, ir=None, fallback: bool = True, trusted
         if use_ir is not None and info is not None and use_ir.sha256 != info.ir_sha256:
             raise KernbinError("the IR given does not match the IR this binary was built from") from e
         return _fallback(device, use_ir, info, e.reason, e)
-    use_ir = native.ir or given_ir
     if given_ir is not None and given_ir.sha256 != native.info.ir_sha256:
         raise KernbinError("the IR given does not match the IR this binary was built from "
                            f"({given_ir.sha256[:12]} != {native.info.ir_sha256[:12]})")
@@ -249,11 +248,25 @@ def load(native, target="opencl:cpu", *, ir=None, fallback: bool = True, trusted
     except (IncompatibleBinary, InvalidBinary) as e:
         if not fallback:
             raise
-        return _fallback(device, use_ir, native.info, e.reason, e)
+        return _fallback(device, _ir_to_rebuild(native, given_ir), native.info, e.reason, e)
     except RuntimeAPIError as e:        # the runtime refused the (verified) bytes
         if not fallback:
             raise
-        return _fallback(device, use_ir, native.info, f"the runtime rejected the binary: {e}", e)
+        return _fallback(device, _ir_to_rebuild(native, given_ir), native.info,
+                         f"the runtime rejected the binary: {e}", e)
+
+
+def _ir_to_rebuild(native: NativeBinary, given_ir):
+    """The IR a fallback rebuilds from: the embedded one (checked only now: a native load never
+    reads it), else the one the caller gave; a corrupt embedded IR raises when none was given."""
+    if given_ir is not None and not native.has_ir:
+        return given_ir
+    try:
+        return native.ir or given_ir
+    except InvalidBinary:
+        if given_ir is None:
+            raise
+        return given_ir
 
 
 def check(native, target="opencl:cpu", *, isolate: bool = False, trusted_keys=None) -> dict:
@@ -272,7 +285,7 @@ def check(native, target="opencl:cpu", *, isolate: bool = False, trusted_keys=No
     result = {"target": str(device.target), "device": device.id.describe(), "ok": False, "verdict": "gate",
               "reason": "", "rule": "", "member": None, "kernels": []}
     try:
-        native = read_native(native, trusted_keys)
+        native = read_native(native, trusted_keys).verify()     # the embedded IR too: a fallback needs it
         payload, fit = _gate(device, native)
         result["member"] = fit.member
     except (InvalidBinary, IncompatibleBinary) as e:
@@ -388,7 +401,7 @@ def get_or_build_ex(ir, target="opencl:cpu", options: "BuildOptions | str | None
     cache = cache or default_cache()
     key = cache_key(ir.sha256, device.toolchain, device.id.fingerprint, opts)
     native, hit = cache.get_or_build(key, lambda: _build_on(device, ir, opts))
-    return (native if native.ir is not None else replace(native, ir=ir)), hit
+    return replace(native, ir=ir), hit         # the caller's IR: the key says the entry was built from it
 
 
 def get_or_build(ir, target="opencl:cpu", options: "BuildOptions | str | None" = None, *,

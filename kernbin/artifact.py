@@ -166,12 +166,15 @@ def _check_depth(value, what: str) -> None:
             stack.extend((x, depth + 1) for x in (v.values() if isinstance(v, dict) else v))
 
 
-def _info_from(j: _BuildJSON) -> BuildInfo:
+def _info_from(j: _BuildJSON, raw: bytes = b"") -> BuildInfo:
+    """BuildInfo from its decoded JSON; ``raw`` (the JSON bytes) lets the depth walk be skipped
+    when the text holds fewer brackets than the limit (strings can only make the count larger)."""
     if not 0 <= j.build_seconds < 1e9:
         raise ValueError("build info 'build_seconds' must be a number of seconds")
-    _check_depth(j.extra, "extra")
-    if j.register_file is not None:
-        _check_depth(j.register_file, "register_file")
+    if not raw or raw.count(b"[") + raw.count(b"{") >= _MAX_DEPTH:
+        _check_depth(j.extra, "extra")
+        if j.register_file is not None:
+            _check_depth(j.register_file, "register_file")
     t = j.toolchain
     return BuildInfo(
         target=j.target, toolchain=Toolchain(t.backend, t.compiler, t.driver, t.versions),
@@ -183,12 +186,77 @@ def _info_from(j: _BuildJSON) -> BuildInfo:
         register_file=j.register_file, extra=j.extra)
 
 
-@dataclass(frozen=True)
+class _PendingIR:
+    """The IR section of a verified ``.knb`` container, not yet checked or parsed: a native load
+    never needs it, so its digest, parse and hash are paid only when the IR is first used."""
+    __slots__ = ("container", "info")
+
+    def __init__(self, c: "container.Container", info: "BuildInfo"):
+        self.container, self.info = c, info
+
+    def resolve(self) -> IR:
+        """The checked IR; :class:`InvalidBinary` (``rule`` ``section-digest`` or ``ir``) when the
+        section is corrupt, does not parse, or is not the IR the build info names."""
+        info = self.info
+        try:
+            data = self.container.section("ir")
+        except container.ContainerError as e:
+            raise InvalidBinary(f"digest mismatch in section {e.section} (corrupted data)", rule="section-digest",
+                                build_info=info) from None
+        try:
+            ir = read_ir(data, info.ir_kind)
+        except InvalidIR as e:
+            raise InvalidBinary(f"embedded IR is invalid: {e}", rule="ir", build_info=info) from None
+        if ir.sha256 != info.ir_sha256:
+            raise InvalidBinary("embedded IR does not match the build info's IR hash", rule="ir", build_info=info)
+        return ir
+
+    def __reduce__(self):               # pickling (process pools) sends the checked IR itself
+        return (_same, (self.resolve(),))
+
+
+def _same(x):
+    return x
+
+
+class _IRField:
+    """``NativeBinary.ir``: an :class:`IR`, None, or (read from a ``.knb``) checked on first access."""
+
+    def __get__(self, obj, owner=None):
+        if obj is None:
+            return None                 # the dataclass default
+        v = obj.__dict__.get("_ir")
+        if type(v) is _PendingIR:
+            v = v.resolve()
+            obj.__dict__["_ir"] = v
+        return v
+
+    def __set__(self, obj, value):      # only __init__ gets here (the dataclass is frozen)
+        obj.__dict__["_ir"] = value
+
+
+@dataclass(frozen=True, repr=False)
 class NativeBinary:
-    """Immutable: device binary bytes, their :class:`BuildInfo`, and optionally the IR."""
-    binary: bytes = field(repr=False)
+    """Immutable: device binary bytes, their :class:`BuildInfo`, and optionally the IR.
+
+    Read from a ``.knb``, the embedded IR is checked (digest, parse, hash) when ``ir`` is first
+    used: reading it raises :class:`InvalidBinary` if it is corrupt. :meth:`verify` checks it now."""
+    binary: bytes
     info: BuildInfo
-    ir: IR | None = field(default=None, repr=False)
+    ir: IR | None = _IRField()
+
+    def __repr__(self) -> str:
+        return f"NativeBinary(info={self.info!r})"
+
+    @property
+    def has_ir(self) -> bool:
+        """Whether an IR is attached (embedded or given), without checking it."""
+        return self.__dict__.get("_ir") is not None
+
+    def verify(self) -> "NativeBinary":
+        """Check everything now, the embedded IR included (see the class doc); returns self."""
+        self.ir
+        return self
 
     @property
     def sha256(self) -> str:
@@ -248,28 +316,18 @@ class NativeBinary:
         if "native" not in names or not names <= {"native", "ir", "signature"}:
             raise InvalidBinary(f"a .knb holds a 'native' section and optionally 'ir' and 'signature', "
                                 f"not {sorted(names)}", rule="sections", build_info=info)
-        ir = None
-        if "ir" in names:
-            try:
-                data = c.section("ir")
-            except container.ContainerError:
-                data = None
-            if data is not None:
-                try:
-                    ir = read_ir(data, info.ir_kind)
-                except InvalidIR as e:
-                    raise InvalidBinary(f"embedded IR is invalid: {e}", rule="ir", build_info=info) from None
-                if ir.sha256 != info.ir_sha256:
-                    raise InvalidBinary("embedded IR does not match the build info's IR hash", rule="ir",
-                                        build_info=info)
         try:
             binary = c.section("native")
-            if "ir" in names and ir is None:
-                c.section("ir")               # raises: the IR section failed its digest
         except container.ContainerError as e:
+            ir = None
+            if "ir" in names:           # hand the caller the IR to rebuild from, if it is intact
+                try:
+                    ir = _PendingIR(c, info).resolve()
+                except InvalidBinary:
+                    pass
             raise InvalidBinary(f"digest mismatch in section {e.section} (corrupted data)", rule="section-digest",
                                 build_info=info, ir=ir) from None
-        return cls(binary=binary, info=info, ir=ir)
+        return cls(binary=binary, info=info, ir=_PendingIR(c, info) if "ir" in names else None)
 
 
 #: the largest .knb kernbin reads from a file (a device binary of a few hundred MB at most)
@@ -285,12 +343,18 @@ class _FrozenDict(dict):
         raise TypeError("build info read from a file is immutable")
     __setitem__ = __delitem__ = update = pop = popitem = clear = setdefault = __ior__ = _refuse
 
+    def __reduce__(self):               # pickle by constructor: the default path calls __setitem__
+        return (type(self), (dict(self),))
+
 
 class _FrozenList(list):
     def _refuse(self, *a, **k):
         raise TypeError("build info read from a file is immutable")
     __setitem__ = __delitem__ = append = extend = insert = pop = remove = clear = sort = reverse = _refuse
     __iadd__ = __imul__ = _refuse
+
+    def __reduce__(self):
+        return (type(self), (list(self),))
 
 
 def _freeze(obj):
@@ -316,7 +380,8 @@ def _info_for(c) -> BuildInfo:
     info = _info_cache.get(c.header_digest)
     if info is None or info is _SEEN_ONCE:
         try:
-            info_new = _info_from(_META.decode(c.meta_raw).build)
+            raw = c.meta_raw
+            info_new = _info_from(_META.decode(raw).build, raw)
         except (msgspec.DecodeError, ValueError, TypeError, KernbinError, RecursionError, ArithmeticError) as e:
             raise InvalidBinary(f"bad build info in the header: {e}", rule="build-info") from None
         if info is None:              # first sight: this caller alone holds it, no need to freeze

@@ -262,7 +262,8 @@ _BUILD = msgspec.json.Decoder(_BuildJSON)
 
 def _entry_info(name: str, i: int, e: _EntryJSON) -> BuildInfo:
     try:
-        return _info_from(_BUILD.decode(e.info))
+        raw = bytes(e.info)
+        return _info_from(_BUILD.decode(raw), raw)
     except (msgspec.DecodeError, ValueError, TypeError, KernbinError, ArithmeticError, RecursionError) as err:
         raise BundleError(f"kernel {name!r} entry {i}: bad build info: {err}", rule="build-info") from None
 

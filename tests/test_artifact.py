@@ -33,8 +33,9 @@ def _pack(meta: dict, sections, version=KNB_VERSION) -> bytes:
 
 
 def _rule(data: bytes) -> str:
+    """The rule a full check (the embedded IR included) of ``data`` fails."""
     with pytest.raises(InvalidBinary) as e:
-        NativeBinary.from_bytes(data)
+        NativeBinary.from_bytes(data).verify()
     return e.value.rule
 
 
@@ -120,12 +121,33 @@ def test_corrupt_native_section_keeps_verified_ir_for_fallback():
     assert e.value.rule == "section-digest" and e.value.ir == IR and e.value.build_info == INFO
 
 
-def test_corrupt_ir_section_gives_no_ir():
+def test_corrupt_ir_section_is_refused_when_the_ir_is_used():
+    """A native load never reads the IR, so a corrupt IR section costs nothing until the IR is
+    used (a fallback, verify(), check): then it raises, and never yields bad IR."""
     data = bytearray(DATA)
     data[data.index(IR.data) + 100] ^= 0xFF
+    nb = NativeBinary.from_bytes(bytes(data))
+    assert nb.binary == NB.binary and nb.has_ir
+    for use in (lambda: nb.ir, nb.verify):
+        with pytest.raises(InvalidBinary) as e:
+            use()
+        assert e.value.rule == "section-digest" and e.value.ir is None and e.value.build_info == INFO
+
+
+def test_corrupt_native_section_hands_over_the_intact_ir():
+    data = bytearray(DATA)
+    data[data.index(NB.binary) + 10] ^= 0xFF
     with pytest.raises(InvalidBinary) as e:
         NativeBinary.from_bytes(bytes(data))
-    assert e.value.rule == "section-digest" and e.value.ir is None and e.value.build_info == INFO
+    assert e.value.rule == "section-digest" and e.value.ir == IR and e.value.build_info == INFO
+
+
+def test_the_embedded_ir_is_checked_once_and_pickles_as_itself():
+    import pickle
+    nb = NativeBinary.from_bytes(DATA)
+    assert nb.ir is nb.ir and nb.ir == IR
+    fresh = NativeBinary.from_bytes(DATA)
+    assert pickle.loads(pickle.dumps(fresh)) == NB
 
 
 def test_ir_that_does_not_match_the_recorded_hash():
@@ -143,7 +165,7 @@ def test_every_single_byte_flip_is_detected(pos, xor):
     data = bytearray(DATA)
     data[pos] ^= xor
     with pytest.raises(InvalidBinary):
-        NativeBinary.from_bytes(bytes(data))
+        NativeBinary.from_bytes(bytes(data)).verify()
 
 
 @settings(max_examples=200, deadline=None)

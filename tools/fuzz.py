@@ -1133,7 +1133,7 @@ class Target:
 def _run_knb(data, seed, ctx):
     from kernbin.artifact import NativeBinary
     NativeBinary.from_bytes(data)             # twice: a header seen again takes the memoised (frozen) path
-    return NativeBinary.from_bytes(data)
+    return NativeBinary.from_bytes(data).verify()      # the embedded IR too (otherwise checked on first use)
 
 
 def _check_knb(nb, data, seed, ctx):
