@@ -137,35 +137,50 @@ def _build_job(ir_bytes: bytes, ir_kind: str, target: str, options: dict, use_ca
 
 def build_many(ir, targets, options: "BuildOptions | str | None" = None, *, grf: str | None = None,
                spill_threshold: int | None = None, jobs: int | None = None, use_cache: bool = True,
-               progress=None) -> dict:
+               progress=None, executor=None) -> dict:
     """Build one IR for several targets in parallel worker processes (one per core by default).
 
     Returns ``{target: (NativeBinary, cache_hit)}`` in the order given. ``progress(target)``
     is called as each finishes. Workers are separate processes: offline compilers keep
-    global state and are not safe to run in threads.
+    global state and are not safe to run in threads. ``executor`` says where they run:
+    ``"process"`` (the default; ``jobs`` at most), ``"ray"`` or ``"ray=ADDRESS"`` (tasks on a Ray
+    cluster, each worker through its own cache; see :mod:`kernbin.executors`). Every answer is
+    verified before it is returned. When a build fails the others still run to their end (and are
+    cached), then the first failure is raised (a :class:`BuildError` with its log).
     """
+    from .executors import BuildJob
     ir = read_ir(ir)
     targets = [str(parse_target(t)) for t in targets]
     opts = BuildOptions.of(options, grf=grf, spill_threshold=spill_threshold)
-    jobs = max(1, min(jobs or os.cpu_count() or 1, len(targets)))
-    results = {}
-    if jobs == 1:
-        for t in targets:
-            results[t] = _build_one(ir, t, opts, use_cache)
-            if progress:
-                progress(t)
-        return results
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
-        futures = {pool.submit(_build_job, ir.data, ir.kind, t, opts.to_json(), use_cache): t for t in targets}
-        for fut in as_completed(futures):
-            t = futures[fut]
-            data, hit = fut.result()
-            results[t] = (NativeBinary.from_bytes(data), hit)
-            if progress:
-                progress(t)
-    return {t: results[t] for t in targets}
+    todo = [BuildJob(ir, t, opts, use_cache) for t in targets]
+    done = _run_builds(executor, jobs, todo, progress and (lambda i: progress(targets[i])))
+    return dict(zip(targets, done))
+
+
+def _run_builds(executor, jobs: int | None, todo: list, on_done) -> list:
+    """``[(NativeBinary, cache_hit)]`` for build jobs: with local processes, what this process's
+    cache already holds is read here first (no pool is started for hits); the rest goes to the
+    executor (:func:`kernbin.executors.run_jobs`: verified, first failure raised)."""
+    from .cache import cache_key
+    from .executors import get_executor, run_jobs
+    ex = get_executor(executor, jobs=jobs)
+    out: list = [None] * len(todo)
+    if not ex.remote:
+        cache = default_cache()
+        for i, job in enumerate(todo):
+            if job.use_cache:
+                device = _device(job.target)
+                native = cache.get(cache_key(job.ir.sha256, device.toolchain, device.id.fingerprint, job.options))
+                if native is not None:
+                    out[i] = (replace(native, ir=job.ir), True)
+                    if on_done:
+                        on_done(i)
+    rest = [i for i, r in enumerate(out) if r is None]
+    if rest:
+        got = run_jobs(ex, _build_job, [todo[i] for i in rest], on_done and (lambda j: on_done(rest[j])))
+        for i, r in zip(rest, got):
+            out[i] = r
+    return out
 
 
 _warned: set[tuple[str, str]] = set()
@@ -461,24 +476,37 @@ def load_from_bundle(bundle, name: str, target="opencl:cpu", *, fallback: bool =
 
 def create_bundle(out, inputs, targets, options: "BuildOptions | str | None" = None, *, grf: str | None = None,
                   spill_threshold: int | None = None, keep_ir: bool = True, names=None, jobs: int | None = None,
-                  use_cache: bool = True, sign_key=None, add_to: str | None = None, progress=None) -> dict:
-    """Build every input (IR file or object) for every target (through the cache, targets in
+                  use_cache: bool = True, sign_key=None, add_to: str | None = None, progress=None,
+                  executor=None) -> dict:
+    """Build every input (IR file or object) for every target (through the cache, all of them in
     parallel) and write one bundle at ``out``; with ``add_to`` the kernels and targets are added to
     that bundle's (same kernel name: same IR required; same target: replaced). Returns
-    ``{name: {target: cache_hit}}``."""
+    ``{name: {target: cache_hit}}``. ``executor`` says where the builds run (``"process"``, the
+    default; ``"ray"`` or ``"ray=ADDRESS"``: see :func:`build_many`). When a build fails, the others
+    still run to their end (and are cached), the first failure is raised and no bundle is written."""
     from .bundle import read_all, write_bundle
+    from .executors import BuildJob
     kernels = read_all(add_to) if add_to else {}
-    report = {}
+    targets = [str(parse_target(t)) for t in targets]
+    opts = BuildOptions.of(options, grf=grf, spill_threshold=spill_threshold)
+    given, seen = [], {}
     for i, src in enumerate(inputs):
         ir = read_ir(src)
         name = names[i] if names else _bundle_name(src, ir)
-        results = build_many(ir, targets, options, grf=grf, spill_threshold=spill_threshold, jobs=jobs,
-                             use_cache=use_cache, progress=progress)
         k = kernels.setdefault(name, {"ir": None, "natives": []})
         have = k["ir"] or next((nb.ir for nb in k["natives"] if nb.ir is not None), None)
-        old_sha = have.sha256 if have is not None else (k["natives"][0].info.ir_sha256 if k["natives"] else None)
+        old_sha = seen.get(name) or (have.sha256 if have is not None else
+                                     (k["natives"][0].info.ir_sha256 if k["natives"] else None))
         if old_sha is not None and old_sha != ir.sha256:
             raise KernbinError(f"bundle kernel {name!r} exists with other IR; give this input another name")
+        seen[name] = ir.sha256
+        given.append((name, ir))
+    todo = [BuildJob(ir, t, opts, use_cache) for _, ir in given for t in targets]
+    done = _run_builds(executor, jobs, todo, progress and (lambda i: progress(todo[i].target)))
+    report = {}
+    for n, (name, ir) in enumerate(given):
+        results = dict(zip(targets, done[n * len(targets):(n + 1) * len(targets)]))
+        k = kernels[name]
         new = {t: nb.without_ir() for t, (nb, _) in results.items()}
         k["natives"] = [nb for nb in k["natives"] if nb.info.target not in new] + list(new.values())
         if keep_ir:

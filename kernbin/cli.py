@@ -304,7 +304,8 @@ def cmd_bundle_create(args, add_to=None) -> int:
         raise kernbin.TargetError("a --target is given twice", next(t for t in targets if targets.count(t) > 1))
     prog, progress = _bundle_progress(args, len(targets) * len(args.inputs))
     kw = dict(grf=args.grf, spill_threshold=args.spill_threshold, keep_ir=not args.no_ir, jobs=args.jobs,
-              use_cache=not args.no_cache, sign_key=_private_key(args.sign), add_to=add_to, progress=progress)
+              use_cache=not args.no_cache, sign_key=_private_key(args.sign), add_to=add_to, progress=progress,
+              executor=args.executor)
     if prog is not None:
         with prog:
             report = kernbin.create_bundle(args.output, args.inputs, targets, args.options, **kw)
@@ -567,6 +568,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="register-file policy on Intel GPU targets")
         b.add_argument("--spill-threshold", type=int, default=None, metavar="BYTES")
         b.add_argument("--jobs", "-j", type=int, default=None, help="parallel builds (default: cores)")
+        b.add_argument("--executor", default="process", metavar="process|ray[=ADDRESS]",
+                       help="where the builds run: local worker processes (default), or tasks on a Ray cluster "
+                            "(ray=HOST:PORT; plain 'ray': RAY_ADDRESS, else the latest cluster started here, else "
+                            "a new local one). Each Ray worker builds through its own cache and needs kernbin and "
+                            "the same toolchain; its answers are verified here. Needs pip install 'kernbin[ray]'")
         b.add_argument("--no-ir", action="store_true", help="leave the IR out (no rebuild where no binary fits)")
         b.add_argument("--no-cache", action="store_true", help="build even when the cache holds the binary")
         b.add_argument("--sign", metavar="KEY", help="sign the bundle with this private key")
