@@ -394,11 +394,12 @@ _caches: dict = {}
 
 def default_cache():
     """The cache configured by the environment (``KERNBIN_CACHE_DIR``, ``KERNBIN_CACHE_MAX_SIZE``,
-    ``KERNBIN_REMOTE``, ``KERNBIN_CACHE_HMAC_KEY``, ``KERNBIN_CACHE_ALLOW_SHARED``), one per
-    configuration per process."""
+    ``KERNBIN_REMOTE``, ``KERNBIN_CACHE_HMAC_KEY``, ``KERNBIN_CACHE_ALLOW_SHARED``,
+    ``KERNBIN_REMOTE_LEASE_TTL``, ``KERNBIN_REMOTE_WAIT``), one per configuration per process."""
     from .cache import Cache
     conf = tuple(os.environ.get(k) for k in ("KERNBIN_CACHE_DIR", "KERNBIN_CACHE_MAX_SIZE", "KERNBIN_REMOTE",
-                                              "KERNBIN_CACHE_HMAC_KEY", "KERNBIN_CACHE_ALLOW_SHARED"))
+                                              "KERNBIN_CACHE_HMAC_KEY", "KERNBIN_CACHE_ALLOW_SHARED",
+                                              "KERNBIN_REMOTE_LEASE_TTL", "KERNBIN_REMOTE_WAIT"))
     cache = _caches.get(conf)
     if cache is None:
         cache = _caches[conf] = Cache.from_env()

@@ -18,8 +18,11 @@ _EPILOG = """targets: opencl:cpu (Intel CPU runtime, the default), opencl:gpu, o
 ocloc:<device>[,<device>...] (offline Intel GPU builds, e.g. ocloc:pvc; several devices make one fat
 binary whose member is chosen at load); see `kernbin devices`.
 environment: KERNBIN_CACHE_DIR (cache directory), KERNBIN_CACHE_MAX_SIZE (e.g. 2G),
-KERNBIN_REMOTE (redis://host:port/db; used only with KERNBIN_CACHE_HMAC_KEY, which signs and
-verifies its entries), KERNBIN_CACHE_ALLOW_SHARED=1 (accept a cache directory others can write),
+KERNBIN_REMOTE (redis://host:port/db and/or http(s)://host:port/prefix, several whitespace-separated;
+used only with KERNBIN_CACHE_HMAC_KEY, which signs and verifies its entries), KERNBIN_REMOTE_WAIT
+(seconds a host waits for another host's build of the same kernel, default 300, 0 = no fleet leases),
+KERNBIN_REMOTE_LEASE_TTL (seconds a dead builder's lease lives, default 10),
+KERNBIN_CACHE_ALLOW_SHARED=1 (accept a cache directory others can write),
 KERNBIN_TRUSTED_KEYS (public keys: refuse .knb files and bundles not signed by one of them)."""
 
 
@@ -600,7 +603,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("cache", help="the native-binary cache: stats, ls, prune, clear",
                        description="The local cache at KERNBIN_CACHE_DIR (bounded by KERNBIN_CACHE_MAX_SIZE, "
-                                   "default 2G) and, with KERNBIN_REMOTE=redis://host:port/db, a Redis tier.")
+                                   "default 2G) and, with KERNBIN_REMOTE (Redis and/or HTTP URLs), the remote tiers.")
     csub = s.add_subparsers(dest="cache_command", metavar="ACTION")
     csub.required = True
     c = csub.add_parser("stats", help="entries, bytes, hits, misses, builds, corrupt, ...")

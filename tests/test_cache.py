@@ -21,6 +21,7 @@ from kernbin.cache.remote import (RedisStore, RemoteConfigError, RemoteDisabledW
 from kernbin.samples import SAMPLES
 
 from conftest import ROOT, run_cli, run_py
+from remote_servers import HMAC_KEY, nginx_server, redis_server, remote_server  # noqa: F401 (fixtures)
 
 DEV = DeviceId("opencl", "Vendor", "Dev", "x86-64-v3", "1.0", "OpenCL 3.0")
 TC = Toolchain("opencl", "Vendor OpenCL 3.0", "1.0", {"kernbin": "test"})
@@ -222,50 +223,17 @@ def test_writer_killed_mid_write_leaves_no_entry_and_no_stuck_lock(tmp_path):
 
 # -- Redis tier -------------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _tier(tmp_path, name, server, hmac_key=HMAC_KEY):
+    """A cache with its own local store and the remote ``server`` (a :class:`Served`, or a Redis URL)."""
+    store = RedisStore(server, hmac_key, retry_after=60) if isinstance(server, str) else server.store(hmac_key)
+    return Cache(LocalStore(str(tmp_path / name)), store)
 
 
-@pytest.fixture
-def redis_server(tmp_path):
-    import shutil
-    exe = shutil.which("redis-server") or ("/usr/bin/redis-server" if os.path.exists("/usr/bin/redis-server") else None)
-    if exe is None:
-        pytest.skip("redis-server not installed (apt-get install redis-server)")
-    pytest.importorskip("redis")
-    port = _free_port()
-    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--enable-debug-command", "local", "--dir", str(tmp_path)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    import redis
-    client = redis.Redis(host="127.0.0.1", port=port)
-    for _ in range(200):
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            time.sleep(0.02)
-    else:
-        proc.kill()
-        pytest.fail("redis-server did not start")
-    yield f"redis://127.0.0.1:{port}/0", proc, client
-    if proc.poll() is None:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
-def _tier(tmp_path, name, url, hmac_key=b"fleet-secret"):
-    return Cache(LocalStore(str(tmp_path / name)), RedisStore(url, hmac_key, retry_after=60))
-
-
-def test_write_through_and_read_through(tmp_path, redis_server):
-    url, _, client = redis_server
-    a, b = _tier(tmp_path, "a", url), _tier(tmp_path, "b", url)
+def test_write_through_and_read_through(tmp_path, remote_server):
+    a, b = _tier(tmp_path, "a", remote_server), _tier(tmp_path, "b", remote_server)
     key, nb = synthetic()
     built, hit = a.get_or_build(key, lambda: nb)
-    assert not hit and client.exists("kernbin:v1:" + key)
+    assert not hit and remote_server.keys() == [key]
     got, hit = b.get_or_build(key, lambda: pytest.fail("b must not build"))
     assert hit and got == nb
     assert b.local.get(key) == nb                        # copied into b's local store
@@ -273,79 +241,91 @@ def test_write_through_and_read_through(tmp_path, redis_server):
 
 
 @pytest.mark.parametrize("damage", ["flipped", "signed-garbage"])
-def test_bad_bytes_in_redis_are_detected_and_rebuilt(tmp_path, redis_server, damage):
-    url, _, client = redis_server
-    a, b = _tier(tmp_path, "a", url), _tier(tmp_path, "b", url)
+def test_bad_bytes_in_the_remote_are_detected_and_rebuilt(tmp_path, remote_server, damage):
+    a, b = _tier(tmp_path, "a", remote_server), _tier(tmp_path, "b", remote_server)
     key, nb = synthetic()
     a.put(key, nb)
-    value = bytearray(client.get("kernbin:v1:" + key))
+    value = bytearray(remote_server.raw_get(key))
     if damage == "flipped":         # the signature catches it first
         value[-10] ^= 0x04
     else:                           # validly signed by a fleet member, but not a valid .knb: the checksums catch it
         data = bytearray(nb.without_ir().to_bytes())
         data[-10] ^= 0x04
         value = bytearray(a.remote.wrap(key, bytes(data)))
-    client.set("kernbin:v1:" + key, bytes(value))
+    remote_server.raw_set(key, bytes(value))
     calls = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         got, hit = b.get_or_build(key, lambda: calls.append(1) or nb)
     assert not hit and calls == [1] and got == nb
     st = b.stats()
-    if damage == "flipped":         # looked up twice: before and after taking the build lock; kept in Redis
+    if damage == "flipped":         # looked up twice: before and after taking the build lease; kept remotely
         assert (st["rejected"], st["corrupt"]) == (2, 0)
         assert {w.message.rule for w in caught if issubclass(w.category, RemoteRejectedWarning)} == {"signature"}
     else:
         assert (st["rejected"], st["corrupt"]) == (0, 1)
     assert st["builds"] == 1
-    assert bytes(client.get("kernbin:v1:" + key)) != bytes(value)   # the bad value was replaced
-    assert b.remote.unwrap(key, client.get("kernbin:v1:" + key)) == nb.without_ir().to_bytes()
+    assert remote_server.raw_get(key) != bytes(value)   # the bad value was replaced
+    assert b.remote.unwrap(key, remote_server.raw_get(key)) == nb.without_ir().to_bytes()
 
 
-def test_hmac_mismatch_is_rejected(tmp_path, redis_server):
-    url, _, client = redis_server
-    writer = _tier(tmp_path, "w", url, b"fleet-secret")
+def test_hmac_mismatch_is_rejected(tmp_path, remote_server):
+    writer = _tier(tmp_path, "w", remote_server, b"fleet-secret")
     key, nb = synthetic()
     writer.put(key, nb)
-    same_key = _tier(tmp_path, "ok", url, b"fleet-secret")
+    same_key = _tier(tmp_path, "ok", remote_server, b"fleet-secret")
     assert same_key.get(key) == nb
-    attacker_view = _tier(tmp_path, "x", url, b"wrong-secret")
+    attacker_view = _tier(tmp_path, "x", remote_server, b"wrong-secret")
     with pytest.warns(RemoteRejectedWarning) as caught:
         assert attacker_view.get(key) is None
     assert [w.message.rule for w in caught] == ["signature"] and caught[0].message.key == key
     assert attacker_view.stats()["rejected"] == 1
-    # an unsigned (e.g. poisoned) entry, written straight into Redis, is rejected: there is no unsigned mode
+    # an unsigned (e.g. poisoned) entry, written straight into the remote, is rejected: there is no unsigned mode
     key2, nb2 = synthetic("z")
-    client.set("kernbin:v1:" + key2, b"KBR1\x00" + nb2.without_ir().to_bytes())
-    reader = _tier(tmp_path, "r", url)
+    remote_server.raw_set(key2, b"KBR1\x00" + nb2.without_ir().to_bytes())
+    reader = _tier(tmp_path, "r", remote_server)
     with pytest.warns(RemoteRejectedWarning) as caught:
         assert reader.get(key2) is None
     assert [w.message.rule for w in caught] == ["unsigned"]
     assert reader.stats()["rejected"] == 1 and reader.local.get(key2) is None
 
 
-def test_redis_stopped_mid_run_local_keeps_serving(tmp_path, redis_server):
-    url, proc, _ = redis_server
-    cache = _tier(tmp_path, "a", url)
+def test_oversized_remote_value_is_refused_unread(tmp_path, remote_server):
+    key, nb = synthetic("big", 200_000)
+    writer = _tier(tmp_path, "w", remote_server)
+    writer.put(key, nb)                                   # a valid, signed entry of ~200 KB
+    reader = Cache(LocalStore(str(tmp_path / "r")), remote_server.store(max_entry_size=100_000))
+    with pytest.warns(RemoteRejectedWarning) as caught:
+        got, hit = reader.get_or_build(key, lambda: nb)
+    assert not hit and got == nb
+    assert {w.message.rule for w in caught} == {"oversized"}
+    assert reader.stats()["rejected"] >= 1 and reader.stats()["remote_errors"] == 0
+    # and a reader never uploads what it would refuse to read
+    key2, nb2 = synthetic("big2", 200_000)
+    assert reader.remote.put(key2, nb2.without_ir().to_bytes()) == remote_mod.SKIPPED
+    assert remote_server.raw_get(key2) is None
+
+
+def test_remote_stopped_mid_run_local_keeps_serving(tmp_path, remote_server):
+    cache = _tier(tmp_path, "a", remote_server)
     key, nb = synthetic()
     cache.put(key, nb)
-    proc.terminate()
-    proc.wait(timeout=10)
+    remote_server.stop()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         t0 = time.time()
-        assert cache.get(key) == nb                                   # local hit, Redis not needed
+        assert cache.get(key) == nb                                   # local hit, the remote not needed
         key2, nb2 = synthetic("q")
-        got, hit = cache.get_or_build(key2, lambda: nb2)              # miss: Redis down, build locally
+        got, hit = cache.get_or_build(key2, lambda: nb2)              # miss: remote down, build locally
         for _ in range(5):
             assert cache.get(key2) == nb2
         elapsed = time.time() - t0
     assert not hit and got == nb2
-    assert elapsed < 3, f"a dead Redis cost {elapsed:.1f} s"
+    assert elapsed < 3, f"a dead remote cost {elapsed:.1f} s"
     down = [w for w in caught if issubclass(w.category, RemoteUnavailableWarning)]
-    assert len(down) == 1 and down[0].message.url == url             # one warning, not one per call
-    # one failed call; the calls skipped while the tier rests (the second look-up and the store of
-    # get_or_build, the later hits never reach it) are not errors
+    assert len(down) == 1 and down[0].message.url == remote_server.url   # one warning, not one per call
+    # one failed call; the calls skipped while the tier rests (the lease, the store of get_or_build;
+    # the later hits never reach it) are not errors
     assert cache.stats()["remote_errors"] == 1
 
 
@@ -415,14 +395,14 @@ print(c.stats()["hits"])
 
 # -- the remote tier fails safe ---------------------------------------------------------
 
-def test_remote_without_hmac_key_is_left_out_with_one_warning(tmp_path, redis_server, monkeypatch):
+def test_remote_without_hmac_key_is_left_out_with_one_warning(tmp_path, remote_server, monkeypatch):
     """No key: the tier is refused entirely (not read, not written), one warning, local-only."""
-    url, _, client = redis_server
+    url = remote_server.url
     monkeypatch.setattr(remote_mod, "_disabled_warned", set())
     monkeypatch.setenv("KERNBIN_REMOTE", url)
     monkeypatch.delenv("KERNBIN_CACHE_HMAC_KEY", raising=False)
     key, nb = synthetic("nokey")
-    client.set("kernbin:v1:" + key, b"KBR1\x00" + nb.without_ir().to_bytes())   # an unsigned (forgeable) entry
+    remote_server.raw_set(key, b"KBR1\x00" + nb.without_ir().to_bytes())   # an unsigned (forgeable) entry
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         caches = [Cache.from_env(str(tmp_path / "c")) for _ in range(3)]
@@ -434,14 +414,15 @@ def test_remote_without_hmac_key_is_left_out_with_one_warning(tmp_path, redis_se
     assert [(w.rule, w.url) for w in disabled] == [("no-hmac-key", url)]
     assert all(c.remote is None for c in caches)
     assert not hit                                                  # the unsigned entry was not read
-    assert client.keys("kernbin:v1:*") == [("kernbin:v1:" + key).encode()]   # nor anything written
+    assert remote_server.keys() == [key]                            # nor anything written
     with pytest.raises(RemoteConfigError) as e:
-        RedisStore(url, None)
+        remote_mod.open_remote(url, None)
     assert (e.value.rule, e.value.url) == ("no-hmac-key", url)
 
 
-@pytest.mark.parametrize("url", ["garbage", "http://cache.example:6379/0", "redis://host:notaport",
-                                 "redis://localhost:6379/notadb", "redis://host:99999"])
+@pytest.mark.parametrize("url", ["garbage", "ftp://cache.example:6379/0", "redis://host:notaport",
+                                 "redis://localhost:6379/notadb", "redis://host:99999", "http://",
+                                 "https://cache.example/kernbin?token=x", "http://cache.example:99999/x"])
 def test_malformed_remote_url_warns_once_and_runs_local_only(tmp_path, monkeypatch, url):
     monkeypatch.setattr(remote_mod, "_disabled_warned", set())
     monkeypatch.setenv("KERNBIN_REMOTE", url)

@@ -1,5 +1,6 @@
 """Content-addressed store of native binaries: key derivation, a local directory
-store and a Redis tier. Stores bytes and metadata only; never imports a backend.
+store and remote tiers (Redis, HTTP; ``remote.py`` is what they share). Stores bytes and
+metadata only; never imports a backend.
 """
 
 from .key import CACHE_FORMAT, cache_key, key_for_info

@@ -56,7 +56,8 @@ __all__ = ["LocalStore", "parse_size", "DEFAULT_MAX_SIZE", "COUNTERS", "UnsafeCa
 
 DEFAULT_MAX_SIZE = 2 << 30          # 2 GiB
 COUNTERS = ("hits", "misses", "builds", "corrupt", "evicted", "remote_hits", "remote_errors",
-            "rejected", "build_seconds_saved")
+            "rejected", "fleet_waits", "fleet_hits", "lease_takeovers", "fleet_wait_timeouts",
+            "build_seconds_saved")
 _KEY_RE = re.compile(r"^[0-9a-f]{64}$")
 _STALE_TMP_SECONDS = 3600
 _TOUCH_GRANULARITY = 1.0    # seconds: LRU recency is refreshed at most this often per entry

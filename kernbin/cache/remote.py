@@ -1,43 +1,70 @@
-"""The Redis tier (``KERNBIN_REMOTE=redis://host:port/db``), via redis-py.
+"""Remote tiers of the cache: what every one shares (signing, fail-safe calls, leases).
 
-Values are ``b"KBR1"`` + a flag byte + a 32-byte HMAC-SHA256 + the ``.knb`` bytes. The
-tier needs ``KERNBIN_CACHE_HMAC_KEY``: entries are signed on write over the cache key and
-the bytes (an entry cannot be replayed under another key), and on read an entry without
-a valid signature is rejected: a poisoned shared cache must not put foreign code on a GPU.
-The ``.knb`` checksums catch corruption, not forgery, so there is no unsigned mode: a
-store without a key is refused (:class:`RemoteConfigError`, rule ``"no-hmac-key"``), and
-:meth:`Cache.from_env <kernbin.cache.Cache.from_env>` then runs local-only with one
-:class:`RemoteDisabledWarning`. So does a malformed URL (rule ``"url"``) or a missing
-redis-py (rule ``"redis-py"``).
+``KERNBIN_REMOTE`` names one or more tiers, whitespace-separated, each a URL:
+``redis://host:port/db`` (``rediss://``, ``unix:///path``) is a :class:`~kernbin.cache.redis.RedisStore`,
+``http://host:port/prefix`` (``https://``) an :class:`~kernbin.cache.http.HttpStore`.
+:func:`open_remote` picks the class from the scheme; :func:`check_url` validates a URL.
 
-Redis down or slow: every call has a short timeout; the first failure warns once
+Values are ``b"KBR1"`` + a flag byte + a 32-byte HMAC-SHA256 + the ``.knb`` bytes. A tier needs
+``KERNBIN_CACHE_HMAC_KEY``: entries are signed on write over the cache key and the bytes (an
+entry cannot be replayed under another key), and on read an entry without a valid signature is
+rejected: a poisoned shared cache must not put foreign code on a GPU. The ``.knb`` checksums
+catch corruption, not forgery, so there is no unsigned mode: a store without a key is refused
+(:class:`RemoteConfigError`, rule ``"no-hmac-key"``), and
+:meth:`Cache.from_env <kernbin.cache.Cache.from_env>` then leaves that tier out with one
+:class:`RemoteDisabledWarning`. So does a malformed URL (rule ``"url"``) or a missing redis-py
+(rule ``"redis-py"``). A value longer than ``max_entry_size`` is never read whole: it is refused
+(:class:`RejectedEntry`, rule ``"oversized"``).
+
+A tier down or slow: every call has a short timeout; the first failure warns once
 (:class:`RemoteUnavailableWarning`) and the tier is skipped for ``retry_after`` seconds, so the
 local cache keeps working. Each call reports :data:`OK`, :data:`FAILED` (counted as
-``remote_errors``) or :data:`SKIPPED` (not tried: the tier is resting; not an error).
+``remote_errors``) or :data:`SKIPPED` (not tried: the tier is resting, or the value is larger than
+the tier takes; not an error). :class:`RemoteStore` holds that logic once; a tier implements
+``_get``, ``_put`` and ``_delete``.
+
+Leases (fleet-wide single flight) need an atomic "set if absent" with an expiry: Redis has it
+(``SET NX PX``), plain HTTP does not, so only :class:`~kernbin.cache.redis.RedisStore` supports
+them (:attr:`RemoteStore.supports_leases`). A lease value is signed like an entry (domain-separated)
+and carries its holder and expiry, see :meth:`RemoteStore.lease_value`; a value that fails
+verification, or whose expiry is long past, counts as no lease and is replaced.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import os
+import re
+import socket
+import threading
 import time
 import warnings
-from urllib.parse import urlsplit
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import KernbinError, KernbinWarning
 
-__all__ = ["RedisStore", "RejectedEntry", "RemoteConfigError", "RemoteDisabledWarning",
-           "RemoteUnavailableWarning", "RemoteRejectedWarning", "check_url", "OK", "FAILED", "SKIPPED"]
+__all__ = ["RemoteStore", "Lease", "LeaseAttempt", "RejectedEntry", "RemoteConfigError", "RemoteCallError",
+           "RemoteDisabledWarning", "RemoteUnavailableWarning", "RemoteRejectedWarning", "FleetWaitWarning",
+           "check_url", "open_remote", "OK", "FAILED", "SKIPPED", "DEFAULT_MAX_ENTRY_SIZE"]
 
 _MAGIC = b"KBR1"
 _SIGNED, _UNSIGNED = 1, 0
+_LEASE_MAGIC = b"KBL1"
+_LEASE_MAX = 512                    # bytes: a longer lease value is not one of ours
 OK, FAILED, SKIPPED = "ok", "failed", "skipped"
-_SCHEMES = ("redis", "rediss", "unix")
+DEFAULT_MAX_ENTRY_SIZE = 256 << 20  # a remote value larger than this is refused unread
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
+_HTTP_SCHEMES = ("http", "https")
+_KEY_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
 class RejectedEntry(KernbinError):
-    """A remote entry refused before its bytes were parsed. ``rule``: ``"format"`` (not a kernbin
-    value), ``"truncated"``, ``"unsigned"`` or ``"signature"`` (HMAC mismatch)."""
+    """A remote value refused before its bytes were parsed. ``rule``: ``"format"`` (not a kernbin
+    value), ``"truncated"``, ``"unsigned"``, ``"signature"`` (HMAC mismatch), ``"oversized"``
+    (longer than the tier's ``max_entry_size``: not read); for lease values ``"lease-format"``,
+    ``"lease-signature"``, ``"lease-expired"``."""
 
     def __init__(self, rule: str, reason: str):
         self.rule, self.reason = rule, reason
@@ -54,6 +81,16 @@ class RemoteConfigError(KernbinError):
         super().__init__(f"remote cache {url!r}: {reason}")
 
 
+class RemoteCallError(KernbinError):
+    """A remote answered, but not as the protocol allows (an HTTP 500, a redirect). ``url``,
+    ``status`` (the HTTP status, None when there is none), ``reason``. Handled like an unreachable
+    tier: one warning, a rest period."""
+
+    def __init__(self, url: str, status: int | None, reason: str):
+        self.url, self.status, self.reason = url, status, reason
+        super().__init__(f"{url}: {reason}")
+
+
 class RemoteDisabledWarning(KernbinWarning):
     """The remote tier is off for this process; ``url``, ``rule`` and ``reason`` as in the
     :class:`RemoteConfigError` that turned it off. Issued once per process and configuration."""
@@ -65,8 +102,8 @@ class RemoteDisabledWarning(KernbinWarning):
 
 
 class RemoteUnavailableWarning(KernbinWarning):
-    """Redis could not be reached or answered with an error: ``url``, ``error`` (the exception),
-    ``retry_after`` (seconds the tier is skipped). Issued once per store."""
+    """A remote tier could not be reached or answered with an error: ``url``, ``error`` (the
+    exception), ``retry_after`` (seconds the tier is skipped). Issued once per store."""
 
     def __init__(self, url: str, error: BaseException, retry_after: float):
         self.url, self.error, self.retry_after = url, error, retry_after
@@ -75,32 +112,74 @@ class RemoteUnavailableWarning(KernbinWarning):
 
 
 class RemoteRejectedWarning(KernbinWarning):
-    """A remote entry was refused: ``key`` and ``rule`` (see :class:`RejectedEntry`)."""
+    """A remote entry or lease value was refused: ``key`` and ``rule`` (see :class:`RejectedEntry`)."""
 
     def __init__(self, key: str, error: RejectedEntry):
         self.key, self.rule, self.reason = key, error.rule, error.reason
         super().__init__(f"kernbin: rejected remote cache entry {key[:16]}: {error.reason}")
 
 
+class FleetWaitWarning(KernbinWarning):
+    """A process waited ``waited`` seconds (its bound) for another host's build of ``key`` (lease
+    held by ``holder``) and builds it itself."""
+
+    def __init__(self, key: str, waited: float, holder: str | None):
+        self.key, self.waited, self.holder = key, waited, holder
+        super().__init__(f"kernbin: waited {waited:g} s for {holder or 'another host'} to build {key[:16]}; "
+                         "building it here")
+
+
+def _redact(url: str) -> str:
+    """``url`` without the password of its userinfo (for messages and statistics)."""
+    try:
+        u = urlsplit(url)
+        if u.password is None:
+            return url
+        host = u.netloc.rpartition("@")[2]
+        return urlunsplit((u.scheme, f"{u.username or ''}:***@{host}", u.path, u.query, u.fragment))
+    except ValueError:
+        return url
+
+
 def check_url(url: str) -> None:
-    """Raise :class:`RemoteConfigError` (rule ``"url"``) unless ``url`` is a usable Redis URL:
-    ``redis://``, ``rediss://`` or ``unix://``, a numeric port, a numeric database."""
+    """Raise :class:`RemoteConfigError` (rule ``"url"``) unless ``url`` is a usable remote URL:
+    ``redis://host:port/db`` (``rediss://``, ``unix:///path``; numeric port and database) or
+    ``http(s)://host[:port]/prefix`` (no query, no fragment)."""
     try:
         u = urlsplit(url)
         u.port                              # ValueError for "notaport" or out of range
     except ValueError as e:
-        raise RemoteConfigError(url, "url", f"not a Redis URL ({e})") from None
-    if u.scheme not in _SCHEMES:
-        raise RemoteConfigError(url, "url", "not a Redis URL: use redis://host:port/db, rediss://... or "
-                                "unix:///path")
+        raise RemoteConfigError(_redact(url), "url", f"not a remote cache URL ({e})") from None
+    shown = _redact(url)
+    if u.scheme in _HTTP_SCHEMES:
+        if not u.hostname:
+            raise RemoteConfigError(shown, "url", "no host: use http://host:port/prefix")
+        if u.query or u.fragment:
+            raise RemoteConfigError(shown, "url", "no query or fragment: use http://host:port/prefix")
+        return
+    if u.scheme not in _REDIS_SCHEMES:
+        raise RemoteConfigError(shown, "url", "not a remote cache URL: use redis://host:port/db, rediss://..., "
+                                "unix:///path, http://host:port/prefix or https://...")
     if u.scheme != "unix":
         if not u.hostname:
-            raise RemoteConfigError(url, "url", "no host: use redis://host:port/db")
+            raise RemoteConfigError(shown, "url", "no host: use redis://host:port/db")
         db = u.path.strip("/")
         if db and not db.isdigit():
-            raise RemoteConfigError(url, "url", f"database {db!r} is not a number")
+            raise RemoteConfigError(shown, "url", f"database {db!r} is not a number")
     elif not u.path:
-        raise RemoteConfigError(url, "url", "no socket path: use unix:///path/to/redis.sock")
+        raise RemoteConfigError(shown, "url", "no socket path: use unix:///path/to/redis.sock")
+
+
+def open_remote(url: str, hmac_key: bytes | None, **kw) -> "RemoteStore":
+    """The store for ``url`` (:class:`~kernbin.cache.redis.RedisStore` or
+    :class:`~kernbin.cache.http.HttpStore`, by scheme); keyword arguments go to its constructor.
+    Raises :class:`RemoteConfigError` as the constructors do."""
+    check_url(url)
+    if urlsplit(url).scheme in _HTTP_SCHEMES:
+        from .http import HttpStore
+        return HttpStore(url, hmac_key, **kw)
+    from .redis import RedisStore
+    return RedisStore(url, hmac_key, **kw)
 
 
 _disabled_warned: set = set()
@@ -114,31 +193,43 @@ def warn_disabled(error: RemoteConfigError) -> None:
     warnings.warn(RemoteDisabledWarning(error), stacklevel=3)
 
 
-class RedisStore:
-    def __init__(self, url: str, hmac_key: bytes | None, timeout: float = 0.5,
-                 retry_after: float = 30.0, prefix: str = "kernbin:v1:"):
-        """Raises :class:`RemoteConfigError` for a malformed ``url``, an empty ``hmac_key`` or a
-        missing redis-py. Connects lazily: an unreachable server is a :data:`FAILED` call, not an error."""
+@dataclass(frozen=True)
+class LeaseAttempt:
+    """What :meth:`RemoteStore.acquire_lease` found. ``status``: :data:`OK` (then ``lease`` is ours,
+    or None while ``holder`` holds a valid lease), :data:`FAILED` or :data:`SKIPPED` (no answer: act
+    as if there were no remote). ``rejected``: an invalid lease value found (and replaced) on the way."""
+
+    status: str
+    lease: "Lease | None" = None
+    holder: str | None = None
+    rejected: RejectedEntry | None = None
+
+
+class RemoteStore:
+    """A remote tier: signed values (:meth:`wrap` / :meth:`unwrap`), fail-safe calls (:meth:`get`,
+    :meth:`put`, :meth:`delete`) and, where the tier supports them, leases. Subclasses implement
+    ``_get(key) -> bytes | None`` (at most ``max_entry_size + 1`` bytes read; :class:`RejectedEntry`
+    for a value it will not read), ``_put(key, value)`` and ``_delete(key)``; every exception they let
+    through that is an ``OSError``, a :class:`RemoteCallError` or one of :attr:`_errors` makes the
+    call :data:`FAILED`."""
+
+    #: whether :meth:`acquire_lease` can work on this tier (an atomic set-if-absent with expiry)
+    supports_leases = False
+    #: exceptions of the client library that mean "this call failed" (besides OSError)
+    _errors: tuple = ()
+
+    def __init__(self, url: str, hmac_key: bytes | None, *, retry_after: float = 30.0,
+                 max_entry_size: int = DEFAULT_MAX_ENTRY_SIZE):
+        """Raises :class:`RemoteConfigError` for a malformed ``url`` or an empty ``hmac_key``."""
         check_url(url)
         if not hmac_key:
-            raise RemoteConfigError(url, "no-hmac-key", "KERNBIN_CACHE_HMAC_KEY is not set: without it "
-                                    "entries cannot be authenticated (anyone who can write to the Redis "
-                                    "server could forge one)")
-        try:
-            import redis
-        except ImportError:
-            raise RemoteConfigError(url, "redis-py", "redis-py is not installed: pip install "
-                                    "'kernbin[redis]'") from None
-        self.url = url
+            raise RemoteConfigError(_redact(url), "no-hmac-key", "KERNBIN_CACHE_HMAC_KEY is not set: without it "
+                                    "entries cannot be authenticated (anyone who can write to the remote "
+                                    "cache could forge one)")
+        self.url = _redact(url)
         self.hmac_key = bytes(hmac_key)
-        self.prefix = prefix
         self.retry_after = retry_after
-        self._redis = redis
-        try:
-            self._client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout,
-                                                retry_on_timeout=False)
-        except (ValueError, TypeError) as e:
-            raise RemoteConfigError(url, "url", f"redis-py refuses it ({e})") from None
+        self.max_entry_size = int(max_entry_size)
         self._down_until = 0.0
         self._warned = False
 
@@ -152,7 +243,10 @@ class RedisStore:
         return _MAGIC + bytes([_SIGNED]) + self._sign(key, data) + data
 
     def unwrap(self, key: str, value: bytes) -> bytes:
-        """The ``.knb`` bytes of a stored value; :class:`RejectedEntry` unless it is signed with our key."""
+        """The ``.knb`` bytes of a stored value; :class:`RejectedEntry` unless it is signed with our key
+        and no longer than ``max_entry_size``."""
+        if len(value) > self.max_entry_size:
+            raise RejectedEntry("oversized", f"value larger than {self.max_entry_size} bytes")
         if len(value) < 5 or value[:4] != _MAGIC or value[4] not in (_SIGNED, _UNSIGNED):
             raise RejectedEntry("format", "not a kernbin remote entry")
         if value[4] != _SIGNED:
@@ -164,28 +258,147 @@ class RedisStore:
             raise RejectedEntry("signature", "HMAC signature mismatch")
         return data
 
+    # -- lease values -------------------------------------------------------------------
+    def _lease_sig(self, key: str, payload: bytes) -> bytes:
+        return hmac.new(self.hmac_key, b"kernbin-lease\0" + key.encode() + b"\0" + payload, hashlib.sha256).digest()
+
+    def lease_value(self, key: str, ttl: float, holder: str) -> bytes:
+        """A signed lease value: ``KBL1``, HMAC (over a lease-only prefix, the key and the payload),
+        payload ``b"<expiry, ms since the epoch> <holder>"``. The expiry is in the signed part, so a
+        copied value re-stored without a time to live stops counting once it has passed."""
+        payload = f"{int((time.time() + ttl) * 1000)} {holder}".encode()
+        return _LEASE_MAGIC + self._lease_sig(key, payload) + payload
+
+    def read_lease(self, key: str, value: bytes, ttl: float) -> tuple[str, float]:
+        """``(holder, expiry)`` of a valid lease value; :class:`RejectedEntry` (rule ``"lease-format"``,
+        ``"lease-signature"``, ``"lease-expired"``) otherwise. ``ttl`` is this reader's lease time to
+        live: a lease is valid until ``ttl`` seconds after its expiry (clocks differ between hosts)
+        and may claim at most ``max(10 * ttl, 300)`` seconds ahead."""
+        if len(value) > _LEASE_MAX or len(value) < 38 or value[:4] != _LEASE_MAGIC:
+            raise RejectedEntry("lease-format", "not a kernbin lease value")
+        sig, payload = value[4:36], value[36:]
+        if not hmac.compare_digest(sig, self._lease_sig(key, payload)):
+            raise RejectedEntry("lease-signature", "lease value: HMAC signature mismatch")
+        try:
+            expiry_ms, holder = payload.decode("ascii").split(" ", 1)
+            expiry = int(expiry_ms) / 1000
+        except (UnicodeDecodeError, ValueError):
+            raise RejectedEntry("lease-format", "lease value: malformed payload") from None
+        now = time.time()
+        if not now - ttl <= expiry <= now + max(10 * ttl, 300.0):
+            raise RejectedEntry("lease-expired", "lease value: expired, or expiring implausibly late")
+        return holder, expiry
+
     # -- calls ---------------------------------------------------------------------
     def _call(self, fn, *args):
-        """``(result, OK)``, ``(None, FAILED)`` or ``(None, SKIPPED)`` while the tier rests after a failure."""
+        """``(result, OK)``, ``(None, FAILED)`` or ``(None, SKIPPED)`` while the tier rests after a failure.
+        :class:`RejectedEntry` raised by ``fn`` goes to the caller (the tier works; the value is bad)."""
         if time.monotonic() < self._down_until:
             return None, SKIPPED
         try:
             return fn(*args), OK
-        except (self._redis.exceptions.RedisError, OSError) as e:
+        except (RemoteCallError, OSError, *self._errors) as e:
             self._down_until = time.monotonic() + self.retry_after
             if not self._warned:
                 self._warned = True
                 warnings.warn(RemoteUnavailableWarning(self.url, e, self.retry_after), stacklevel=4)
             return None, FAILED
 
+    @staticmethod
+    def _check_key(key: str) -> None:
+        if not _KEY_RE.match(key):
+            raise KernbinError(f"bad cache key {key!r}")
+
     def get(self, key: str) -> tuple[bytes | None, str]:
-        """(value or None, :data:`OK` / :data:`FAILED` / :data:`SKIPPED`)."""
-        return self._call(self._client.get, self.prefix + key)
+        """(value or None, :data:`OK` / :data:`FAILED` / :data:`SKIPPED`). Raises :class:`RejectedEntry`
+        (rule ``"oversized"``, ``"format"``) for a value the tier refuses to read."""
+        self._check_key(key)
+        return self._call(self._get, key)
 
     def put(self, key: str, data: bytes) -> str:
-        """Store ``data`` signed; returns :data:`OK`, :data:`FAILED` or :data:`SKIPPED`."""
-        return self._call(self._client.set, self.prefix + key, self.wrap(key, data))[1]
+        """Store ``data`` signed; returns :data:`OK`, :data:`FAILED` or :data:`SKIPPED` (resting, or the
+        value is larger than ``max_entry_size``: readers would refuse it)."""
+        self._check_key(key)
+        value = self.wrap(key, data)
+        if len(value) > self.max_entry_size:
+            return SKIPPED
+        return self._call(self._put, key, value)[1]
 
     def delete(self, key: str) -> str:
         """Delete the entry; returns :data:`OK`, :data:`FAILED` or :data:`SKIPPED`."""
-        return self._call(self._client.delete, self.prefix + key)[1]
+        self._check_key(key)
+        return self._call(self._delete, key)[1]
+
+    def acquire_lease(self, key: str, ttl: float) -> LeaseAttempt:
+        """Try to take the build lease on ``key`` for ``ttl`` seconds (see :class:`LeaseAttempt`).
+        This tier has no leases: always ``LeaseAttempt(SKIPPED)``."""
+        return LeaseAttempt(SKIPPED)
+
+    def _renew_lease(self, lease: "Lease", value: bytes) -> bool:
+        """Replace the lease's value by ``value`` (a later expiry) if it is still ours; raises what the
+        tier's client raises (called through :meth:`_call`)."""
+        raise NotImplementedError
+
+    def _release_lease(self, lease: "Lease") -> bool:
+        """Delete the lease if it is still ours (compare and delete)."""
+        raise NotImplementedError
+
+
+def holder_id() -> str:
+    """Who holds a lease: host, process, and a random part (unique per lease)."""
+    return f"{socket.gethostname()[:64]}:{os.getpid()}:{os.urandom(6).hex()}"
+
+
+class Lease:
+    """A build lease held on a remote tier. :meth:`start` renews it every ``ttl / 3`` seconds from a
+    daemon thread while the build runs; :meth:`release` stops that and deletes the lease if it is
+    still ours. A holder that dies stops renewing: the lease expires ``ttl`` seconds later at most
+    and a waiter takes it over. A lease lost meanwhile (``lost``: taken over after a stall) only
+    means another host may build the same key too; the result is the same."""
+
+    def __init__(self, store: RemoteStore, key: str, value: bytes, ttl: float, holder: str):
+        self.store, self.key, self.ttl, self.holder = store, key, ttl, holder
+        self.value = value
+        self.lost = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def start(self) -> "Lease":
+        """Start renewing in the background."""
+        self._thread = threading.Thread(target=self._renew_loop, name=f"kernbin-lease-{self.key[:8]}", daemon=True)
+        self._thread.start()
+        return self
+
+    def _renew_loop(self) -> None:
+        while not self._stop.wait(self.ttl / 3):
+            with self._lock:
+                if self._stop.is_set():
+                    return
+                new = self.store.lease_value(self.key, self.ttl, self.holder)
+                ok, status = self.store._call(self.store._renew_lease, self, new)
+                if status == OK:
+                    if not ok:
+                        self.lost = True
+                        return
+                    self.value = new
+
+    def release(self) -> str:
+        """Stop renewing and delete the lease if it is still ours: :data:`OK`, :data:`FAILED` or
+        :data:`SKIPPED` (the lease then simply expires)."""
+        self._stop.set()
+        with self._lock:
+            if self.lost:
+                return OK
+            return self.store._call(self.store._release_lease, self)[1]
+
+
+def __getattr__(name: str):
+    """``RedisStore`` and ``HttpStore`` are importable from here too (loaded on first use)."""
+    if name == "RedisStore":
+        from .redis import RedisStore
+        return RedisStore
+    if name == "HttpStore":
+        from .http import HttpStore
+        return HttpStore
+    raise AttributeError(name)
