@@ -630,6 +630,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.add_argument("--plot", metavar="PNG", help="draw the comparison into this PNG (needs matplotlib)")
     s.set_defaults(func=cmd_bench)
+
+    from kernbin.triton.cli import add_parser as add_triton_parser     # `kernbin triton compile` (no Triton import)
+    add_triton_parser(sub)
     return p
 
 

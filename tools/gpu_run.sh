@@ -2,8 +2,11 @@
 # The GPU half of kernbin's checks, for a machine with an NVIDIA GPU and no package registry:
 # installs the carried wheels (.devwheels/: blake3, platformdirs, pyelftools, nvidia-nvfatbin, made by
 # `pip download` on a connected machine), runs the CUDA tests, then (with "bench") `kernbin bench
-# --target cuda:0` and benchmarks/cuda_triton.py. Results go to OUT (default benchmarks/results).
+# --target cuda:0` and benchmarks/cuda_triton.py. "triton" runs the Triton tests (tests/test_triton.py,
+# tests/test_triton_gpu.py) and benchmarks/triton_start.py (N: its --n, default 256,1024).
+# Results go to OUT (default benchmarks/results).
 #   tools/gpu_run.sh tests|bench|all [OUT] [REPEAT]
+#   tools/gpu_run.sh triton [OUT] [REPEAT] [N]
 set -uo pipefail
 what=${1:-all}; out=${2:-benchmarks/results}; repeat=${3:-7}
 mkdir -p "$out"
@@ -11,6 +14,11 @@ py=python3
 $py -m pip install -q --no-index --find-links .devwheels blake3 msgspec platformdirs pyelftools nvidia-nvfatbin 2>&1 | tail -2
 export PYTHONPATH=$PWD
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/cuda_gpu.txt"
+if [ "$what" = triton ]; then
+    $py -m pytest -q -p no:cacheprovider -rs tests/test_triton.py tests/test_triton_gpu.py 2>&1 | tee "$out/triton_tests.txt" | tail -25
+    $py benchmarks/triton_start.py --repeat "$repeat" --n "${4:-256,1024}" --json "$out/triton_start.json" 2>&1 | tee "$out/triton_start.txt" | tail -16
+    exit 0
+fi
 if [ "$what" != bench ]; then
     $py -m pytest -q -p no:cacheprovider -rs tests/test_cuda.py tests/test_samples_cuda.py 2>&1 | tee "$out/cuda_tests.txt" | tail -25
 fi

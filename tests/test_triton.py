@@ -1,0 +1,368 @@
+"""kernbin.triton on a CPU machine: Triton (3.6, CUDA backend: ptxas ships in the wheel) compiles real
+kernels; the launcher is built and checks arguments without Triton; Triton's cache runs on kernbin's;
+the pipeline stage records kernbin's identity; triton-xpu's SPIR-V is built by kernbin's ocloc backend.
+Launching on a GPU: tests/test_triton_gpu.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+triton = pytest.importorskip("triton", reason="upstream Triton is not installed (pip install 'triton==3.6.*')")
+
+import kernbin  # noqa: E402
+from kernbin.triton import LaunchMeta, SpecializationMismatch, TritonMetaError  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TARGETS = ["cuda:sm_80", "cuda:sm_90"]
+SAMPLE = "kernbin.samples.triton_kernels"
+
+
+def _env(**extra):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    from kernbin.samples import triton_kernels as tk
+    from kernbin.triton import KernelSpec, compile_bundle
+    out = str(tmp_path_factory.mktemp("triton") / "model.kbin")
+    specs = [KernelSpec(fn, sig, consts, warps, name=name) for name, (fn, sig, consts, warps) in tk.SPECS.items()]
+    done = compile_bundle(out, specs, TARGETS, jobs=1)
+    assert done == {name: ["cuda:sm_80", "cuda:sm_90a"] for name in tk.SPECS}
+    return out
+
+
+def _triton_reference(name, cc):
+    """Triton's own compile of the same specialisation (its metadata and PTX)."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from kernbin.samples import triton_kernels as tk
+    from kernbin.triton._meta import parse_signature
+    fn, sig, consts, warps = tk.SPECS[name]
+    s, c, extra = parse_signature(fn.arg_names, sig, consts)
+    return triton.compile(ASTSource(fn=fn, signature=s, constexprs=c, attrs=extra["attrs"]),
+                          target=GPUTarget("cuda", cc, 32), options={"num_warps": warps})
+
+
+@pytest.mark.parametrize("name", ["add", "softmax", "matmul"])
+def test_bundle_launch_metadata_matches_ptx_and_triton(bundle, name):
+    from kernbin.triton._nvinfo import kernel_info
+    from kernbin.triton.aot import ptx_params
+    with kernbin.open_bundle(bundle) as b:
+        for variant, cc, sm_text in ((f"{name}.sm_80", 80, "sm_80"), (f"{name}.sm_90a", 90, "sm_90a")):
+            (entry,) = b.entries(variant)
+            info = entry.info
+            assert info.target == f"cuda:{sm_text}" and info.binary_format == "cubin"
+            assert info.requires.kind == "cuda" and info.requires.get("sm") == cc
+            assert info.requires.get("variant") == ("a" if cc == 90 else "")
+            assert "ptxas" in info.toolchain.versions and info.toolchain.versions["triton"] == triton.__version__
+            meta = LaunchMeta.from_json(info.extra["triton"])
+            ir = b.ir(variant)
+            assert ir.kind == "ptx" and ir.target == sm_text and info.ir_sha256 == ir.sha256
+            # the parameter list: exactly the PTX entry's, the 2 scratch pointers Triton 3.6 appends last
+            entry_name, sizes = ptx_params(ir.data)
+            assert entry_name == meta.kernel
+            assert sizes == [p.size for p in meta.params]
+            assert [p.name for p in meta.params[-2:]] == ["global_scratch", "profile_scratch"]
+            assert all(p.appended for p in meta.params[-2:]) and not any(p.appended for p in meta.params[:-2])
+            cubin = b.native(entry, with_ir=False).binary
+            layout = kernel_info(cubin)[meta.kernel]
+            assert [s for _, _, s in layout["params"]] == sizes
+            assert layout["reqntid"][0] == meta.block == meta.num_warps * 32
+            # against Triton's own metadata for the same specialisation
+            ref = _triton_reference(name, cc)
+            assert meta.kernel == ref.metadata.name
+            assert meta.num_warps == ref.metadata.num_warps and meta.threads_per_warp == 32
+            assert meta.shared == ref.metadata.shared and meta.num_ctas == ref.metadata.num_ctas == 1
+            assert meta.global_scratch == (ref.metadata.global_scratch_size, ref.metadata.global_scratch_align)
+            assert meta.profile_scratch == (ref.metadata.profile_scratch_size, ref.metadata.profile_scratch_align)
+            assert ptx_params(ref.asm["ptx"]) == (entry_name, sizes)
+            # kernbin's identity: registers and spills from ptxas's report
+            k = info.kernel(meta.kernel)
+            assert k.attributes["registers"] == layout["registers"] > 0
+            assert k.attributes["spill_stores"] == 0 and "stack_frame" in k.attributes
+    if name == "matmul":
+        assert meta.shared > 0                                  # tl.dot stages its tiles in shared memory
+        spec = {a.name: a for a in meta.args}
+        assert spec["sak"].specialised == "equal_to_1" and spec["sak"].value == 1
+        assert spec["BM"].specialised == "constexpr" and spec["BM"].value == 64
+        assert spec["sam"].divisibility == 16 and spec["a_ptr"].divisibility == 16
+
+
+def test_entries_follow_nvidias_runs_on_rule(bundle):
+    from kernbin.formats.cubin import cuda_can_run
+    with kernbin.open_bundle(bundle) as b:
+        sm80 = b.entries("add.sm_80")[0].info.requires
+        sm90 = b.entries("add.sm_90a")[0].info.requires
+    assert cuda_can_run(sm80, 86, (9, 0))[0] and not cuda_can_run(sm80, 90, (9, 0))[0]
+    assert cuda_can_run(sm90, 90, (9, 0))[0] and not cuda_can_run(sm90, 100, (9, 0))[0]
+
+
+_NO_TRITON = textwrap.dedent("""
+    import sys, json
+    sys.modules["triton"] = None              # any import of triton now fails
+    import kernbin.triton as kt
+    ks = kt.load(sys.argv[1])
+
+    class T:                                  # a tensor by duck typing, as the launcher takes one
+        def __init__(self, ptr, dtype="torch.float32"):
+            self.ptr, self.dtype, self.is_cuda = ptr, dtype, True
+        def data_ptr(self):
+            return self.ptr
+
+    add = ks["add"]
+    out = {"names": sorted(ks), "targets": list(ks.targets("add")), "block": add.meta.block,
+           "pack": add.pack(T(4096), T(8192), T(12288), 1000).hex(),
+           "pack_kw": add.pack(T(4096), T(8192), out_ptr=T(12288), n=1000, BLOCK=1024).hex()}
+    errors = {}
+    for label, args, kw in [("misaligned", (T(4100), T(8192), T(12288), 1000), {}),
+                            ("constexpr", (T(4096), T(8192), T(12288), 1000, 512), {}),
+                            ("dtype", (T(4096, "torch.float16"), T(8192), T(12288), 1000), {}),
+                            ("range", (T(4096), T(8192), T(12288), 2 ** 31), {}),
+                            ("arity", (T(4096), T(8192)), {}),
+                            ("type", ("x", T(8192), T(12288), 10), {})]:
+        try:
+            add.pack(*args, **kw)
+            errors[label] = None
+        except kt.SpecializationMismatch as e:
+            errors[label] = [e.rule, e.arg, isinstance(e, kbe.KernbinError)] if (kbe := __import__("kernbin.errors",
+                fromlist=["x"])) else None
+    mm = ks["matmul"]
+    try:
+        mm.pack(T(0, "torch.float16"), T(256, "torch.float16"), T(512, "torch.float16"), 64, 64, 64, 64, 2, 64, 1, 64, 1)
+        errors["equal_to_1"] = None
+    except kt.SpecializationMismatch as e:
+        errors["equal_to_1"] = [e.rule, e.arg, True]
+    out["mm_pack"] = mm.pack(T(0, "torch.float16"), T(256, "torch.float16"), T(512, "torch.float16"),
+                             64, 64, 64, 64, 1, 64, 1, 64, 1).hex()
+    grid = add.grid_of(lambda meta: ((meta["n"] + meta["BLOCK"] - 1) // meta["BLOCK"],), (T(0), T(0), T(0), 5000), {})
+    out.update(errors=errors, grid=list(grid), triton=repr(sys.modules.get("triton")),
+               torch="torch" in sys.modules, cuda=[m for m in sys.modules if m.startswith("cuda")])
+    print(json.dumps(out))
+""")
+
+
+def test_launcher_builds_and_checks_without_triton(bundle):
+    p = subprocess.run([sys.executable, "-c", _NO_TRITON, bundle], capture_output=True, text=True, env=_env(),
+                       timeout=120)
+    assert p.returncode == 0, p.stderr
+    r = json.loads(p.stdout.strip().splitlines()[-1])
+    assert r["names"] == ["add", "matmul", "softmax"] and r["targets"] == ["sm_80", "sm_90a"]
+    assert r["triton"] == "None" and r["torch"] is False and r["cuda"] == []     # nothing GPU-side imported yet
+    assert r["block"] == 128
+    # 4 slots of the arguments (3 pointers, n as i32) + the two null scratch pointers, 8 bytes each
+    raw = bytes.fromhex(r["pack"])
+    assert len(raw) == 6 * 8
+    assert [int.from_bytes(raw[i:i + 8], "little") for i in (0, 8, 16)] == [4096, 8192, 12288]
+    assert int.from_bytes(raw[24:28], "little") == 1000 and raw[32:] == bytes(16)
+    assert r["pack_kw"] == r["pack"]
+    assert r["errors"] == {"misaligned": ["divisibility", "x_ptr", True], "constexpr": ["constexpr", "BLOCK", True],
+                           "dtype": ["dtype", "x_ptr", True], "range": ["range", "n", True],
+                           "arity": ["arity", "out_ptr", True], "type": ["type", "x_ptr", True],
+                           "equal_to_1": ["equal_to_1", "sak", True]}
+    assert len(bytes.fromhex(r["mm_pack"])) == (3 + 6 + 2) * 8      # sak, sbn, scn were specialised away
+    assert r["grid"] == [5, 1, 1]
+
+
+def test_launcher_never_imports_triton_at_all(bundle):
+    code = ("import sys, kernbin.triton as kt; ks = kt.load(sys.argv[1]); [ks[n].meta for n in ks]; "
+            "print(sorted(m for m in sys.modules if m == 'triton' or m.startswith('triton.')))")
+    p = subprocess.run([sys.executable, "-X", "importtime", "-c", code, bundle], capture_output=True, text=True,
+                       env=_env(), timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "[]"
+    assert not [line for line in p.stderr.splitlines() if line.rstrip().endswith((" triton", " triton._C"))]
+
+
+def test_launch_metadata_is_validated():
+    good = {"format": 1, "kernel": "k", "num_warps": 4, "args": [{"name": "x", "type": "*fp32"}],
+            "params": [{"name": "x", "type": "*fp32", "size": 8}]}
+    assert LaunchMeta.from_json(good).block == 128
+    for bad, field in [({**good, "format": 2}, "format"), ({**good, "kernel": "a b"}, "kernel"),
+                       ({**good, "num_warps": 0}, "num_warps"), ({**good, "num_warps": 1024}, "num_warps"),
+                       ({**good, "params": [{"name": "x", "type": "*fp32", "size": 4}]}, "params"),
+                       ({**good, "params": []}, "params"), ({**good, "args": [{"name": "x", "type": "str"}]}, "args"),
+                       ({**good, "cluster_dims": [1, 1]}, "cluster_dims")]:
+        with pytest.raises(TritonMetaError) as e:
+            LaunchMeta.from_json(bad)
+        assert e.value.field == field
+    assert issubclass(SpecializationMismatch, kernbin.LaunchError)
+
+
+def test_signature_spellings():
+    from kernbin.triton._meta import parse_signature
+    names = ["x", "y", "n", "B"]
+    sig, consts, extra = parse_signature(names, "*fp32:16, *fp16, i32:1, 64")
+    assert sig == {"x": "*fp32", "y": "*fp16", "n": "constexpr", "B": "constexpr"}
+    assert consts == {"n": 1, "B": 64} and extra["attrs"] == {(0,): [["tt.divisibility", 16]]}
+    assert extra["equal_to_1"] == {"n": "i32"}
+    assert parse_signature(names, {"x": "*fp32", "y": "*fp16", "n": "i32:16"}, {"B": 8})[0]["n"] == "i32"
+    for bad in ("*fp32:8, *fp16, i32, 1", "foo, *fp16, i32, 1", "*fp32:1, *fp16, i32, 1", "*fp32, *fp16"):
+        with pytest.raises(kernbin.KernbinError):
+            parse_signature(names, bad)
+
+
+def test_cli_triton_compile(tmp_path):
+    from kernbin.cli import main
+    out = tmp_path / "cli.kbin"
+    rc = main(["triton", "compile", f"{SAMPLE}:add_kernel", "-s", "*fp32:16, *fp32:16, *fp32:16, i32",
+               "-c", "BLOCK=256", "-t", "cuda:sm_80", "-o", str(out), "--name", "add256", "-j", "1"])
+    assert rc == 0
+    rc = main(["triton", "compile", f"{SAMPLE}:add_kernel", "-s", "*fp32:16, *fp32:16, *fp32:16, i32",
+               "-c", "BLOCK=512", "-t", "cuda:sm_90", "-o", str(out), "--name", "add512", "--add", "-j", "1"])
+    assert rc == 0
+    with kernbin.open_bundle(str(out)) as b:
+        assert b.names == ("add256.sm_80", "add512.sm_90a")
+        meta = LaunchMeta.from_json(b.entries("add512.sm_90a")[0].info.extra["triton"])
+        assert [a.value for a in meta.args if a.specialised] == [512]
+
+
+def test_stage_hook_records_kernbin_identity(tmp_path, monkeypatch):
+    from triton import knobs
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from kernbin.samples.triton_kernels import softmax_kernel
+    from kernbin.triton import stage
+    seen = []
+    monkeypatch.setattr(knobs.runtime, "add_stages_inspection_hook", lambda *a: seen.append(len(a)))
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
+    src = ASTSource(fn=softmax_kernel, signature={"out_ptr": "*fp32", "in_ptr": "*fp32", "stride": "i32",
+                                                   "n_cols": "i32", "BLOCK": "constexpr"}, constexprs={"BLOCK": 512})
+    with stage.installed():
+        k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+    assert seen == [5]                                         # the hook set before was chained, not replaced
+    assert not getattr(knobs.runtime.add_stages_inspection_hook, "kernbin_stage", False)   # put back
+    info = kernbin.BuildInfo.from_json(json.loads(k.asm["kernbin"]))
+    assert info.target == "cuda:sm_90a" and info.requires.get("sm") == 90
+    assert info.ir_sha256 == kernbin.read_ir(k.asm["ptx"].encode()).sha256
+    attrs = info.kernel("softmax_kernel").attributes
+    assert attrs["registers"] > 0 and attrs["spill_stores"] == 0
+    assert k.metadata.kernbin["registers"] == attrs["registers"]
+    assert k.metadata.kernbin["ptxas"] == info.toolchain.versions["ptxas"]
+    # Triton's own cache holds the stage's output next to the cubin
+    files = {os.path.basename(p) for p in k.metadata_group.values()}
+    assert {"softmax_kernel.cubin", "softmax_kernel.kernbin", "softmax_kernel.json"} <= files
+
+
+_CACHE_RUN = textwrap.dedent("""
+    import json, sys, hashlib
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from kernbin.samples import triton_kernels as tk
+    from kernbin.triton._meta import parse_signature
+    out = {}
+    for name, (fn, sig, consts, warps) in tk.SPECS.items():
+        s, c, extra = parse_signature(fn.arg_names, sig, consts)
+        k = triton.compile(ASTSource(fn=fn, signature=s, constexprs=c, attrs=extra["attrs"]),
+                           target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
+        out[name] = [hashlib.sha256(k.asm["cubin"]).hexdigest(), k.metadata.shared, k.metadata.name]
+    import kernbin
+    print(json.dumps({"kernels": out, "stats": kernbin.default_cache().stats()}))
+""")
+
+
+def _cache_run(env):
+    p = subprocess.run([sys.executable, "-c", _CACHE_RUN], capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def test_cache_manager_cold_warm_and_corrupt(tmp_path):
+    kdir = tmp_path / "kernbin-cache"
+    env = _env(TRITON_CACHE_MANAGER="kernbin.triton:CacheManager", KERNBIN_CACHE_DIR=str(kdir),
+               TRITON_CACHE_DIR=str(tmp_path / "triton-unused"), TRITON_HOME=str(tmp_path))
+    env.pop("KERNBIN_REMOTE", None)
+    cold = _cache_run(env)
+    assert cold["stats"]["misses"] == 3 and cold["stats"]["builds"] == 3 and cold["stats"]["hits"] == 0
+    assert cold["stats"]["entries"] >= 3 * 8                   # 7 files + the group record per kernel
+    assert not os.path.exists(tmp_path / "triton-unused")     # Triton's own directory was never used
+    warm = _cache_run(env)
+    assert warm["kernels"] == cold["kernels"]
+    assert warm["stats"]["builds"] == 3 and warm["stats"]["misses"] == 3       # nothing compiled again
+    assert warm["stats"]["hits"] == cold["stats"]["entries"]                   # every file read back, verified
+    # damage one stored file (a byte of its payload): kernbin refuses it, Triton compiles that kernel again
+    entries = sorted(p for p in (kdir / "v1" / "objects").rglob("*.knb"))
+    from kernbin.artifact import NativeBinary
+    victim = next(p for p in entries if NativeBinary.from_file(p).info.extra.get("filename") == "add_kernel.cubin")
+    data = bytearray(victim.read_bytes())
+    data[-40] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    again = _cache_run(env)
+    assert again["kernels"] == cold["kernels"]                 # the correct cubin, not the damaged bytes
+    assert again["stats"]["corrupt"] == 1
+    assert again["stats"]["builds"] == 4 and again["stats"]["misses"] == 4     # add_kernel compiled again
+
+
+def test_cache_manager_rejects_a_damaged_entry_in_process(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERNBIN_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("KERNBIN_REMOTE", raising=False)
+    from kernbin.triton.cache_manager import CacheManager, entry_key
+    m = CacheManager("ABCDEF")
+    path = m.put(b"\x7fELF-not-really", "k.cubin")
+    m.put_group("k.json", {"k.cubin": path})
+    assert open(m.get_file("k.cubin"), "rb").read() == b"\x7fELF-not-really"
+    assert set(m.get_group("k.json")) == {"k.cubin"}
+    store = m._cache.local.path(entry_key("ABCDEF", "k.cubin"))
+    data = bytearray(open(store, "rb").read())
+    data[-20] ^= 1
+    open(store, "wb").write(bytes(data))
+    assert m.get_file("k.cubin") is None                      # refused: never handed to Triton
+    assert m.get_group("k.json") is None
+    assert m._cache.local.counters()["corrupt"] == 1
+
+
+# -- Intel: triton-xpu's SPIR-V built by kernbin's ocloc backend -------------------------------------
+
+def _ocloc_or_skip():
+    if shutil.which("ocloc") is None:
+        pytest.skip("no ocloc (Debian intel-opencl-icd) on this machine")
+
+
+@pytest.mark.parametrize("name", ["triton_add", "triton_matmul"])
+def test_xpu_spirv_to_zebin_with_grf_auto(name):
+    """The kernbin half of the Intel path on SPIR-V triton-xpu made (tests/data/triton, by
+    tools/make_triton_spirv.py): zebin for pvc, register-file policy applied and recorded."""
+    _ocloc_or_skip()
+    from kernbin.triton.xpu import build_spirv
+    here = os.path.join(ROOT, "tests", "data", "triton")
+    meta = json.load(open(os.path.join(here, f"{name}.json")))
+    spv = open(os.path.join(here, f"{name}.spv"), "rb").read()
+    native = build_spirv(spv, "ocloc:pvc", {"format": 1, "backend": "xpu", "kernel": meta["name"], **meta}, grf="auto")
+    assert native.info.binary_format == "zebin" and native.info.requires.kind == "intel-gpu"
+    assert native.info.options.register_file == "auto"
+    rf = native.info.register_file
+    assert rf["mode"] == "auto" and rf["tried"][0]["grf"] == "default"
+    chosen = [t for t in rf["tried"] if t.get("chosen")] or rf["tried"][:1]
+    assert list(native.info.flags) == chosen[0]["flags"]          # the decision, and what ocloc got
+    assert native.info.extra["triton"]["kernel"] == meta["name"]
+    if name == "triton_matmul":                        # spills with 128 GRF: the large register file is kept
+        assert "-cl-intel-256-GRF-per-thread" in native.info.flags
+
+
+def test_xpu_end_to_end_with_triton_xpu_environment():
+    """triton-xpu (its own venv: KERNBIN_TRITON_XPU_PYTHON) -> SPIR-V -> kernbin ocloc zebin for pvc."""
+    _ocloc_or_skip()
+    from kernbin.triton.xpu import ENV_PYTHON, build_xpu
+    if not os.environ.get(ENV_PYTHON):
+        pytest.skip(f"{ENV_PYTHON} is not set (a python with triton-xpu, see tools/make_triton_spirv.py)")
+    path = os.path.join(ROOT, "kernbin", "samples", "triton_kernels.py")
+    (add,) = build_xpu(f"{path}:add_kernel", "*fp32:16, *fp32:16, *fp32:16, i32", {"BLOCK": 1024}, num_warps=4)
+    (mm,) = build_xpu(f"{path}:matmul_kernel", "*fp16:16, *fp16:16, *fp16:16, i32, i32, i32, i32, i32:1, i32, i32:1, "
+                                                "i32, i32:1", {"BM": 128, "BN": 128, "BK": 32}, num_warps=8)
+    for nb, kernel in ((add, "add_kernel"), (mm, "matmul_kernel")):
+        assert nb.info.target == "ocloc:pvc" and nb.info.binary_format == "zebin"
+        assert nb.info.options.register_file == "auto" and nb.info.register_file
+        assert nb.info.extra["triton"]["kernel"] == kernel and nb.info.extra["triton"]["threads_per_warp"] in (16, 32)
