@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import replace
+from typing import Any, NamedTuple
 
 from .artifact import NativeBinary
 from .errors import (FallbackWarning, IncompatibleBinary, InvalidBinary, KernbinError, OfflineTarget,
@@ -203,10 +204,12 @@ def _fallback(device, ir: IR | None, info, reason: str, error: Exception):
     return module
 
 
-def _gate(device, native: NativeBinary):
+def _gate(device, native: NativeBinary, fit=None):
     """The bytes to hand to this device, and the verdict that allowed it; raises
-    IncompatibleBinary (requirements) or InvalidBinary (the bytes themselves) otherwise."""
-    fit = device.backend.can_run(native.info, device)
+    IncompatibleBinary (requirements) or InvalidBinary (the bytes themselves) otherwise. ``fit``:
+    the verdict already reached on this very ``native.info`` (a bundle's choice), not asked again."""
+    if fit is None:
+        fit = device.backend.can_run(native.info, device)
     if not fit.ok:
         raise IncompatibleBinary(fit.reason, rule=fit.rule or "incompatible", requires=native.info.requires,
                                  device=device.id)
@@ -439,22 +442,52 @@ def open_bundle(path, *, trusted_keys=None, require_signature: bool | None = Non
     return Bundle(path, trusted_keys=trusted_keys, require_signature=require_signature, loader=load_from_bundle)
 
 
+class BundleChoice(NamedTuple):
+    """A bundle kernel's entry, verified and gated for a device, not loaded yet (see
+    :func:`gate_from_bundle`): ``device.load_native(native, payload)`` loads it."""
+    native: NativeBinary
+    payload: bytes
+    fit: Any
+    choice: dict
+
+
+def gate_from_bundle(bundle, name: str, target="opencl:cpu") -> BundleChoice:
+    """Everything :func:`load_from_bundle` does before the runtime sees the bytes: choose the best
+    entry for the device, verify its blob, gate it. Raises :class:`IncompatibleBinary` (no entry
+    fits: ``rule="no-entry"``) or :class:`InvalidBinary` (the chosen blob is damaged). Many kernels
+    can be gated in one pass this way and loaded later, one by one (the Triton launcher does)."""
+    device = _device(target)
+    entry, fit, reasons = bundle.choose(name, device)
+    if entry is None:
+        why = "; ".join(r for r in reasons if not r.endswith("fits") and "fits (" not in r) or "no native entry"
+        raise bundle.no_entry(name, device, why)
+    native = bundle.native(entry, with_ir=False)
+    payload, fit = _gate(device, native, fit)
+    return BundleChoice(native, payload, fit, {"entry": entry.target, "index": entry.index, "source": "native",
+                                               "reasons": reasons})
+
+
+def load_gated(device, gated: BundleChoice):
+    """Load what :func:`gate_from_bundle` verified and gated (the runtime may still refuse it:
+    :class:`RuntimeAPIError`)."""
+    module = device.load_native(gated.native, gated.payload)
+    module.member = gated.fit.member
+    module.bundle_choice = gated.choice
+    return module
+
+
 def load_from_bundle(bundle, name: str, target="opencl:cpu", *, fallback: bool = True, cache=None):
     """The wiring behind ``Bundle.load``: choose, verify, gate, load; else rebuild from the IR with
     the recorded options through the cache (the rebuilt binary is stored there, not in the bundle)."""
     device = _device(target)
-    entry, reasons = bundle.select(name, device)
-    tried = []
-    if entry is not None:
-        try:
-            module = _load_checked(device, bundle.native(entry, with_ir=False))
-            module.bundle_choice = {"entry": entry.target, "index": entry.index, "source": "native",
-                                    "reasons": reasons}
-            return module
-        except (InvalidBinary, IncompatibleBinary, RuntimeAPIError) as e:
-            if not fallback:
-                raise
-            tried.append(f"{entry.target}: {e}")
+    try:
+        return load_gated(device, gate_from_bundle(bundle, name, device))
+    except (InvalidBinary, IncompatibleBinary, RuntimeAPIError) as e:
+        if not fallback:
+            raise
+        failed = e
+    entry, reasons = bundle.select(name, device)          # again, for the reasons (entries are memoised)
+    tried = [f"{entry.target}: {failed}"] if entry is not None else []
     why = "; ".join(tried + [r for r in reasons if not r.endswith("fits") and "fits (" not in r]) or "no native entry"
     ir = bundle.ir(name)
     if ir is None or not fallback or ir.kind not in device.backend.ir_kinds:

@@ -189,6 +189,11 @@ class Bundle:
         """The best entry for ``device`` and, for every entry, why it was or was not taken.
         Preference: the device's own toolchain first (it made those bytes), then single-target
         binaries over fat ones, then the order in the bundle."""
+        entry, _, reasons = self.choose(name, device)
+        return entry, reasons
+
+    def choose(self, name: str, device):
+        """:meth:`select`, also giving the chosen entry's verdict (a ``Fit``): ``(entry, fit, reasons)``."""
         fits, reasons = [], []
         for e in self.entries(name):
             try:
@@ -197,15 +202,18 @@ class Bundle:
                 reasons.append(f"{e.target}: {err}")
                 continue
             if fit.ok:
-                own = e.info.toolchain.key() == device.toolchain.key()
-                fat = e.info.requires.kind.endswith("-fat")
-                fits.append(((0 if own else 1, 1 if fat else 0, e.index), e))
+                fits.append((e, fit))
                 reasons.append(f"{e.target}: fits" + (f" ({fit.member})" if fit.member else ""))
             else:
                 reasons.append(f"{e.target}: {fit.reason}")
         if not fits:
-            return None, reasons
-        return min(fits, key=lambda t: t[0])[1], reasons
+            return None, None, reasons
+        if len(fits) == 1:                        # nothing to rank (the common case)
+            return fits[0][0], fits[0][1], reasons
+        own_key = device.toolchain.key()
+        e, fit = min(fits, key=lambda t: (0 if t[0].info.toolchain.key() == own_key else 1,
+                                          1 if t[0].info.requires.kind.endswith("-fat") else 0, t[0].index))
+        return e, fit, reasons
 
     def load(self, name: str, target="opencl:cpu", *, fallback: bool = True, cache=None):
         """Load kernel ``name`` on ``target``: the best native entry (verified, gated), else a rebuild

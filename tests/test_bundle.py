@@ -93,6 +93,32 @@ def test_blobs_are_verified_lazily_and_only_when_used(made, tmp_path):
     assert run_cli("bundle", "verify", str(bad)).returncode == 2
 
 
+def test_gate_many_then_load_each(made, tmp_path):
+    """gate_from_bundle does everything but the runtime's part (choose, verify, gate), so a set of
+    kernels can be gated in one pass and loaded later; a damaged blob or no entry raises there."""
+    from kernbin.api import gate_from_bundle, load_gated
+    dev = kernbin.open_device("opencl:cpu")
+    with kernbin.open_bundle(made["path"]) as b:
+        gated = {n: gate_from_bundle(b, n, dev) for n in b.names}
+        for n, g in gated.items():
+            assert g.native.info.target == "opencl:cpu" and g.choice["entry"] == "opencl:cpu"
+            assert g.payload and g.fit.ok
+            m = load_gated(dev, g)
+            assert m.bundle_choice == g.choice and _run(m, n)
+    data = bytearray(open(made["path"], "rb").read())
+    c = container.Container.parse(bytes(data), magic=BUNDLE_MAGIC, versions=(BUNDLE_VERSION,))
+    with kernbin.open_bundle(made["path"]) as b:
+        blob = b.entries("vadd")[0].blob
+    data[data.find(c.section(blob)[100:140])] ^= 0xFF
+    bad = tmp_path / "bad.kbin"
+    bad.write_bytes(bytes(data))
+    with kernbin.open_bundle(bad) as b:
+        with pytest.raises(kernbin.InvalidBinary) as e:
+            gate_from_bundle(b, "vadd", dev)
+        assert e.value.rule == "section-digest"
+        assert gate_from_bundle(b, "softmax", dev).fit.ok
+
+
 def test_no_fitting_entry_and_no_ir_names_what_the_bundle_holds(tmp_path):
     pytest.importorskip("cuda.bindings.nvjitlink")
     nb = kernbin.build(SAMPLES["vadd"].ptx, "cuda:sm_90").without_ir()

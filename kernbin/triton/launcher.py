@@ -41,29 +41,36 @@ _SLOT = 8                                         # every parameter gets its own
 _SMALL_SHARED = 48 << 10
 
 
-def load(bundle, target=None, *, trusted_keys=None, allocator=None) -> "TritonKernels":
+def load(bundle, target=None, *, trusted_keys=None, allocator=None, prepare: bool = True) -> "TritonKernels":
     """The Triton kernels of a bundle (a path or an open :class:`~kernbin.bundle.Bundle`), by name.
 
     ``target`` is ``"cuda:N"`` (default: PyTorch's current device when PyTorch is imported, else
     ``cuda:0``); the device is opened at the first launch, so the set can be built and inspected
     without a GPU. ``allocator(size, align, stream)`` supplies global scratch memory for kernels that
     need it (default: ``cuMemAllocAsync`` / ``cuMemFreeAsync`` on the launch's stream). With trusted
-    keys (argument or ``KERNBIN_TRUSTED_KEYS``) the bundle must be signed by one of them."""
+    keys (argument or ``KERNBIN_TRUSTED_KEYS``) the bundle must be signed by one of them.
+
+    With ``prepare`` (the default), the first kernel readied prepares them all in one pass
+    (:meth:`TritonKernels.prepare`: choose, verify, gate, read the launch metadata; no driver call),
+    so each later first launch only hands verified bytes to the driver: one tight loop costs far
+    less than the same steps interleaved with driver calls, which evict the CPU's caches."""
     from ..api import open_bundle
     owned = not hasattr(bundle, "select")
     b = open_bundle(bundle, trusted_keys=trusted_keys) if owned else bundle
-    return TritonKernels(b, target, allocator=allocator, owned=owned)
+    return TritonKernels(b, target, allocator=allocator, owned=owned, prepare=prepare)
 
 
 class TritonKernels(Mapping):
     """The Triton kernels of one bundle: ``kernels[name]`` (or ``kernels.name``) is a :class:`TritonKernel`."""
 
-    def __init__(self, bundle, target=None, *, allocator=None, owned: bool = False):
+    def __init__(self, bundle, target=None, *, allocator=None, owned: bool = False, prepare: bool = True):
         self.bundle = bundle
         self._target = target
         self._device = None
         self._allocator = allocator
         self._owned = owned
+        self._auto_prepare = prepare
+        self._prepared: dict | None = None
         self._kernels: dict[str, TritonKernel] = {}
         variants: dict[str, list] = {}
         for n in bundle.names:
@@ -110,6 +117,27 @@ class TritonKernels(Mapping):
                 target = f"cuda:{index}"
             self._device = open_device(target) if isinstance(target, str) else target
         return self._device
+
+    def prepare(self) -> dict:
+        """Choose, verify and gate every kernel's entry for the device and read its launch metadata
+        now, in one pass, without loading anything: ``{name: (bundle kernel, gated entry, metadata)}``
+        for the kernels whose preferred variant passed. A kernel left out (nothing fits, a damaged
+        blob, bad metadata) takes the one-by-one path when readied, with its fallback and errors."""
+        if self._prepared is not None:
+            return self._prepared
+        from ..api import gate_from_bundle
+        dev = self.device()
+        out = {}
+        for name, variants in self._variants.items():
+            for bname, _, _ in sorted(variants, key=_preference(dev.sm)):
+                try:
+                    gated = gate_from_bundle(self.bundle, bname, dev)
+                    out[name] = (bname, gated, LaunchMeta.from_json(gated.native.info.extra.get("triton")))
+                    break
+                except KernbinError:
+                    continue
+        self._prepared = out
+        return out
 
     def close(self) -> None:
         """Close the bundle if :func:`load` opened it (loaded kernels keep working)."""
@@ -285,12 +313,19 @@ class TritonKernel:
         """Load the kernel onto the device now (else at the first launch)."""
         if self._function is not None:
             return self
-        from ..api import load_from_bundle
+        from ..api import load_from_bundle, load_gated
         kernels = self.kernels
         dev = kernels.device()
         bundle = kernels.bundle
-        reasons, module, chosen = [], None, None
-        order = sorted(self.variants, key=_preference(dev.sm))
+        reasons, module, chosen, meta = [], None, None, None
+        prepared = (kernels.prepare() if kernels._auto_prepare else kernels._prepared or {}).get(self.name)
+        if prepared is not None:
+            try:
+                module = load_gated(dev, prepared[1])
+                chosen, meta = prepared[0], prepared[2]
+            except RuntimeAPIError as e:         # the driver refused it: the one-by-one path says why
+                reasons.append(f"{prepared[0]}: {e}")
+        order = sorted(self.variants, key=_preference(dev.sm)) if module is None else ()
         for bname, _, _ in order:
             try:
                 module = load_from_bundle(bundle, bname, dev, fallback=False)
@@ -307,7 +342,8 @@ class TritonKernel:
                                          + "; ".join(reasons), rule="no-entry", device=dev.id)
             chosen = max(portable, key=lambda v: v[1])[0]
             module = load_from_bundle(bundle, chosen, dev, fallback=True)
-        meta = self._meta if self._meta is not None and chosen == self.variants[0][0] else self._meta_of(chosen)
+        if meta is None:
+            meta = self._meta if self._meta is not None and chosen == self.variants[0][0] else self._meta_of(chosen)
         cu = dev.cu
         f = module.kernel(meta.kernel).handle
         A = cu.CUfunction_attribute
