@@ -146,6 +146,8 @@ class RuntimeAPIError(KernbinError):
 
 class BuildError(RuntimeAPIError):
     """A build from IR failed; ``log`` holds the compiler's build log, ``options`` the options."""
+    options = ""                          # class defaults: an error rebuilt from data may lack them
+    log = None
 
     def __init__(self, backend: str, call: str, code: int | None, code_name: str | None,
                  message: str = "", log: str | None = None, options: str = ""):
@@ -156,7 +158,7 @@ class BuildError(RuntimeAPIError):
         text = super().__str__()
         if self.options:
             text += f"\n  options: {self.options}"
-        if self.log and self.log.strip():
+        if isinstance(self.log, str) and self.log.strip():
             text += "\n  build log:\n" + "\n".join("    " + line for line in self.log.strip().splitlines())
         return text
 

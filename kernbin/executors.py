@@ -24,6 +24,7 @@ module-level function that workers import by name.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, replace
 from typing import Callable, Protocol, Sequence
 
@@ -75,6 +76,8 @@ def _call(work, *args) -> dict:
         data, hit = work(*args)
     except KernbinError as e:
         return {"ok": False, "error": error_to_json(e)}
+    except Exception as e:                  # noqa: BLE001 - an OSError (disk full), a bug: still data
+        return {"ok": False, "error": {"type": "KernbinError", "args": [f"{type(e).__name__}: {e}"]}}
     return {"ok": True, "data": bytes(data), "hit": bool(hit)}
 
 
@@ -118,7 +121,12 @@ def error_from_json(obj) -> KernbinError:
     Exception.__init__(e, *args)
     attrs = obj.get("attrs") if isinstance(obj.get("attrs"), dict) else {}
     for k, v in attrs.items():
-        if isinstance(k, str) and not k.startswith("_") and _plain(v):
+        # only data attributes: nothing that shadows a method or Exception's own (args, add_note, ...)
+        if isinstance(k, str) and k.isidentifier() and not k.startswith("_") and _plain(v) and \
+                not callable(getattr(cls, k, None)) and not hasattr(BaseException, k):
+            if k in ("log", "options", "reason", "rule", "code_name", "call", "backend") and \
+                    not (v is None or isinstance(v, str)):
+                continue                    # text attributes stay text (str() of the error reads them)
             setattr(e, k, v)
     return e
 
@@ -216,10 +224,18 @@ class ProcessExecutor:
             futures = {pool.submit(_call, work, *job.args): i for i, job in enumerate(jobs)}
             for fut in as_completed(futures):
                 i = futures[fut]
-                answers[i] = _answer(fut.result())
+                try:
+                    answers[i] = _answer(fut.result())
+                except Exception as e:      # noqa: BLE001 - a worker killed (segfault, OOM): BrokenProcessPool
+                    answers[i] = KernbinError(f"the worker process building {jobs[i].target} failed: "
+                                              f"{type(e).__name__}: {e}")
                 if on_done:
                     on_done(i)
         return answers
+
+
+_RAY_POLL = 5.0          # seconds between checks while waiting on Ray tasks
+_RAY_TIMEOUT = 1800.0    # seconds without any build finishing before the rest are cancelled
 
 
 class RayExecutor:
@@ -227,12 +243,20 @@ class RayExecutor:
     ``"ray://host:port"``, ``"auto"``); without one, ``ray.init()``'s own choice (``RAY_ADDRESS``, the
     latest cluster started on this machine, else a new local one). A process already connected to
     Ray keeps its connection. Workers need kernbin and the target's toolchain, the same as this
-    machine's: every answer is checked against the cache key computed here."""
+    machine's: every answer is checked against the cache key computed here. When no build finishes
+    for ``timeout`` seconds (``KERNBIN_RAY_TIMEOUT``, default 1800) the rest are cancelled and fail;
+    a cluster without a CPU is refused at once."""
     name = "ray"
     remote = True
 
-    def __init__(self, address: str | None = None):
+    def __init__(self, address: str | None = None, timeout: float | None = None):
         self.address = address
+        if timeout is None:
+            try:
+                timeout = float(os.environ.get("KERNBIN_RAY_TIMEOUT", "") or _RAY_TIMEOUT)
+            except ValueError:
+                timeout = _RAY_TIMEOUT
+        self.timeout = timeout if timeout > 0 else _RAY_TIMEOUT
 
     def _ray(self):
         try:
@@ -254,6 +278,8 @@ class RayExecutor:
     def run(self, work, jobs, on_done=None) -> list:
         ray = self._ray()
         from ray.exceptions import RayError
+        if ray.cluster_resources().get("CPU", 0) < 1:       # a task needing a CPU would wait forever
+            raise KernbinError("the Ray cluster has no CPU to run builds on (ray.cluster_resources())")
         task = ray.remote(num_cpus=1, max_retries=1)(_call)
         irs: dict = {}
         refs = []
@@ -265,8 +291,20 @@ class RayExecutor:
         index = {ref: i for i, ref in enumerate(refs)}
         answers: list = [None] * len(jobs)
         pending = list(refs)
+        idle_since = time.monotonic()
         while pending:
-            done, pending = ray.wait(pending, num_returns=1)
+            done, pending = ray.wait(pending, num_returns=1, timeout=_RAY_POLL)
+            if not done:
+                if time.monotonic() - idle_since > self.timeout:      # nothing finished for that long
+                    for ref in pending:
+                        ray.cancel(ref, force=True)
+                    for ref in pending:
+                        answers[index[ref]] = KernbinError(
+                            f"the Ray task building {jobs[index[ref]].target} did not finish: no build "
+                            f"finished for {self.timeout:g} s (KERNBIN_RAY_TIMEOUT); cancelled")
+                    pending = []
+                continue
+            idle_since = time.monotonic()
             for ref in done:
                 i = index[ref]
                 try:

@@ -272,3 +272,47 @@ def test_ray_is_imported_only_when_chosen():
     assert p.returncode == 0, p.stderr
     lines = p.stdout.splitlines()
     assert lines[0] == "False" and lines[1].startswith("RNF") and "kernbin[ray]" in lines[1]
+
+
+def test_a_worker_that_dies_or_raises_fails_its_job_only(tmp_path):
+    """A worker process killed mid-build (BrokenProcessPool) or raising a non-kernbin error becomes
+    a KernbinError for its job; every job still reports (none is lost to the exception)."""
+    from kernbin.executors import ProcessExecutor, _answer, _call
+    ok = _answer(_call(_work_ok, b"x"))
+    assert ok == (b"x", False)
+    err = _answer(_call(_work_oserror, b"x"))
+    assert isinstance(err, kernbin.KernbinError) and "No space left" in str(err)
+    jobs = [_FakeJob(b"a"), _FakeJob(b"die"), _FakeJob(b"b")]
+    answers = ProcessExecutor(jobs=2).run(_work_dies, jobs)
+    assert len(answers) == 3 and all(a is not None for a in answers)
+    assert any(isinstance(a, kernbin.KernbinError) and "worker process" in str(a) for a in answers)
+
+
+def test_rebuilt_errors_cannot_shadow_methods_or_break_str():
+    from kernbin.executors import error_from_json
+    e = error_from_json({"type": "BuildError", "args": ["boom"],
+                         "attrs": {"add_note": 1, "args": 5, "with_traceback": 2, "log": 7, "rule": "r"}})
+    assert isinstance(e, kernbin.BuildError) and callable(e.add_note) and e.args == ("boom",)
+    assert e.rule == "r" and e.log is None
+    str(e)                                    # reads options/log: class defaults, no AttributeError
+    e.add_note("still works")
+
+
+class _FakeJob:
+    def __init__(self, data):
+        self.target = "opencl:cpu"
+        self.args = (data,)
+
+
+def _work_ok(data):
+    return data, False
+
+
+def _work_oserror(data):
+    raise OSError(28, "No space left on device")
+
+
+def _work_dies(data):
+    if data == b"die":
+        os._exit(9)
+    return data, False
