@@ -2,7 +2,7 @@
 # The GPU half of kernbin's checks, for a machine with an NVIDIA GPU and no package registry:
 # installs the carried wheels (.devwheels/: blake3, platformdirs, pyelftools, nvidia-nvfatbin, made by
 # `pip download` on a connected machine), runs the CUDA tests, then (with "bench") `kernbin bench
-# --target cuda:0` and benchmarks/cuda_triton.py. "triton" runs the Triton tests (tests/test_triton.py,
+# --target cuda:0`, benchmarks/cuda_triton.py and benchmarks/cuda_load_floor.py. "triton" runs the Triton tests (tests/test_triton.py,
 # tests/test_triton_gpu.py) and benchmarks/triton_start.py (N: its --n, default 256,1024).
 # Results go to OUT (default benchmarks/results).
 #   tools/gpu_run.sh tests|bench|all [OUT] [REPEAT]
@@ -26,4 +26,5 @@ if [ "$what" != tests ]; then
     $py -m kernbin bench --target cuda:0 --repeat "$repeat" --json > "$out/bench_cuda.json" 2> "$out/bench_cuda.err"; echo "bench rc=$?"
     $py -c "import json,sys; r=json.load(open(sys.argv[1])); [print(k['name'], round(k['ir_s']*1e3,2), round(k['native_s']*1e3,3), round(k['raw_native_s']*1e3,3), round(k['ratio']), round(k['overhead'],3), k['correct']) for k in r['kernels']]; print('aggregate', round(r['ratio']), round(r['native_over_raw'],3))" "$out/bench_cuda.json"
     $py benchmarks/cuda_triton.py --repeat "$repeat" --json "$out/cuda_triton.json" 2>&1 | tee "$out/cuda_triton.txt" | tail -14
+    $py benchmarks/cuda_load_floor.py --repeat "$repeat" --json "$out/cuda_load_floor.json" 2>&1 | tee "$out/cuda_load_floor.txt" | tail -6
 fi
