@@ -30,8 +30,9 @@ class FileRefused(KernbinError):
         super().__init__(f"{path}: {reason}")
 
 
-def atomic_write(path: str | os.PathLike, data: bytes, *, mode: int | None = None) -> None:
-    """Publish ``data`` at ``path`` atomically (see the module docstring)."""
+def atomic_write(path: str | os.PathLike, data: bytes, *, mode: int | None = None, durable: bool = True) -> None:
+    """Publish ``data`` at ``path`` atomically (see the module docstring); ``durable=False`` skips the
+    fsyncs (a scratch copy that may vanish with a crash, never half-written)."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
@@ -46,7 +47,8 @@ def atomic_write(path: str | os.PathLike, data: bytes, *, mode: int | None = Non
             f.flush()
             if mode is not None:
                 os.fchmod(f.fileno(), mode)
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -54,6 +56,8 @@ def atomic_write(path: str | os.PathLike, data: bytes, *, mode: int | None = Non
         except OSError:
             pass
         raise
+    if not durable:
+        return
     try:
         dfd = os.open(directory, os.O_RDONLY)
     except OSError:

@@ -34,6 +34,8 @@ from typing import Dict, Optional
 from triton.runtime.cache import CacheManager as _TritonCacheManager
 from triton.runtime.cache import FileCacheManager
 
+from .._fs import atomic_write
+
 __all__ = ["CacheManager", "entry_key"]
 
 _TOOLCHAIN_BACKEND = "triton-cache"
@@ -108,17 +110,7 @@ class CacheManager(_TritonCacheManager):
             raise ValueError(f"Triton cache file name {filename!r} is not a plain file name")
         os.makedirs(self._dir, mode=0o700, exist_ok=True)
         path = os.path.join(self._dir, filename)
-        fd, tmp = tempfile.mkstemp(dir=self._dir, prefix=".tmp-")      # no fsync: a scratch copy
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        atomic_write(path, data, durable=False)                  # a scratch copy: no fsync
         return path
 
     # -- Triton's interface ------------------------------------------------------------------------
