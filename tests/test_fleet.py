@@ -4,6 +4,7 @@ expires and one waiter takes over; waits are bounded; a lease value nobody signe
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -270,6 +271,7 @@ def test_a_lease_value_that_fails_verification_blocks_nobody(tmp_path, redis_ser
     assert [w.message.rule for w in caught] == [rule]
     st = cache.stats()
     assert (st["rejected"], st["fleet_waits"], st["builds"]) == (1, 0, 1)
+    assert st["lease_takeovers"] == 1                                   # an invalid value replaced
     assert not client.exists(REDIS_PREFIX + key + ":lease")           # ours replaced it, then was released
 
 
@@ -377,3 +379,308 @@ def test_a_redis_entry_of_the_wrong_type_is_rejected_not_a_failure(tmp_path, red
     st = cache.stats()
     assert st["remote_errors"] == 0 and st["rejected"] == 2          # the tier keeps working
     assert cache.remote.unwrap(key, client.get(REDIS_PREFIX + key)) == nb.without_ir().to_bytes()
+
+
+# -- a Redis that misbehaves, renewals across a stall, takeovers counted right -------------
+
+def _resp_command(f):
+    line = f.readline()
+    if not line:
+        return None
+    if not line.startswith(b"*"):
+        return [line.strip()]
+    out = []
+    for _ in range(int(line[1:])):
+        n = int(f.readline()[1:])
+        out.append(f.read(n + 2)[:-2])
+    return out
+
+
+class FakeRedis:
+    """A loopback RESP server: ``+OK`` to everything (HELLO: a protocol-2 map, or ``+OK`` in mode
+    "hello-ok", a server that is not Redis), and to GETRANGE / EVALSHA / EVAL the answer of ``mode``:
+    "int" (an integer), "list" (a list of the wrong shape), "trickle" (a bulk string, a byte every
+    0.1 s), "flood" (a 100 GB bulk string, as fast as it goes)."""
+
+    def __init__(self, mode):
+        self.mode, self.stopped = mode, threading.Event()
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.url = f"redis://127.0.0.1:{self.sock.getsockname()[1]}/0"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+
+    def _one(self, conn):
+        f = conn.makefile("rb")
+        try:
+            while not self.stopped.is_set():
+                cmd = _resp_command(f)
+                if cmd is None:
+                    return
+                name = cmd[0].upper()
+                if name in (b"GETRANGE", b"EVALSHA", b"EVAL"):
+                    self._answer(conn)
+                elif name == b"HELLO" and self.mode != "hello-ok":
+                    conn.sendall(b"*2\r\n$5\r\nproto\r\n:2\r\n")
+                else:
+                    conn.sendall(b"+OK\r\n")
+        except (OSError, ValueError):
+            pass
+        finally:
+            conn.close()
+
+    def _answer(self, conn):
+        if self.mode == "int":
+            conn.sendall(b":100000000000000\r\n")          # bytes(100000000000000): MemoryError
+        elif self.mode == "list":
+            conn.sendall(b"*1\r\n:7\r\n")
+        elif self.mode == "trickle":
+            conn.sendall(b"$1000000\r\n")
+            while not self.stopped.is_set():
+                conn.sendall(b"x")
+                time.sleep(0.1)
+        elif self.mode == "flood":
+            conn.sendall(b"$100000000000\r\n")
+            chunk = b"x" * (1 << 20)
+            while not self.stopped.is_set():
+                conn.sendall(chunk)
+        else:
+            conn.sendall(b"+OK\r\n")
+
+    def close(self):
+        self.stopped.set()
+        self.sock.close()
+
+
+@pytest.fixture
+def fake_redis():
+    servers = []
+
+    def make(mode):
+        servers.append(FakeRedis(mode))
+        return servers[-1]
+    yield make
+    for s in servers:
+        s.close()
+
+
+@pytest.mark.parametrize("mode", ["int", "list", "hello-ok", "trickle", "flood"])
+def test_a_hostile_redis_is_a_bounded_failure_never_an_exception(tmp_path, fake_redis, mode):
+    """Replies of the wrong shape (an integer to GETRANGE used to be bytes(N): MemoryError; a
+    non-list to the lease script a TypeError; "+OK" to HELLO an AttributeError), a reply that
+    trickles in (each read quick, the whole endless) or floods: a failed call within the deadline,
+    the memory a reply takes bounded by max_entry_size, and the cache builds locally."""
+    server = fake_redis(mode)
+    key, nb = synthetic("hostile-" + mode)
+
+    def store():
+        return RedisStore(server.url, HMAC_KEY, deadline=1.0, max_entry_size=1 << 20)
+    for op in (lambda s: s.get(key)[1], lambda s: s.acquire_lease(key, 5).status):
+        t0 = time.monotonic()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert op(store()) == remote_mod.FAILED
+        assert time.monotonic() - t0 < 2.5
+        assert [w.category for w in caught] == [RemoteUnavailableWarning]
+    cache = Cache(LocalStore(str(tmp_path / "c")), store())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert cache.get_or_build(key, lambda: nb) == (nb, False)
+    assert cache.stats()["remote_errors"] == 1                       # then the tier rests
+
+
+def test_a_failed_call_leaves_no_half_initialized_connection(fake_redis):
+    """A handshake cut short by an exception that is not redis-py's own (a server answering "+OK" to
+    HELLO) left the connection connected in the pool, to serve the next call without its
+    handshake (no AUTH, no SELECT): after a failure the idle connections are closed."""
+    store = RedisStore(fake_redis("hello-ok").url, HMAC_KEY)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert store.get(synthetic("half-open")[0]) == (None, remote_mod.FAILED)
+    pool = store._client.connection_pool
+    assert pool._available_connections and all(c._sock is None for c in pool._available_connections)
+
+
+def test_a_renewal_that_times_out_is_retried_and_the_lease_kept(tmp_path, redis_server):
+    """Redis stalls (SIGSTOP) 0.8 s, less than the 1.5 s ttl, early in a 3 s build: a renewal times
+    out. It used to go through the tier's rest period (30 s of SKIPPED renewals): the lease lapsed
+    and another host built the key again. Now the next tick renews it; the failure is counted."""
+    url, proc, client = redis_server
+    key, nb = synthetic("stall")
+    builds = []
+
+    def build_a():
+        builds.append("a")
+        time.sleep(0.3)
+        os.kill(proc.pid, signal.SIGSTOP)
+        time.sleep(0.8)
+        os.kill(proc.pid, signal.SIGCONT)
+        time.sleep(2.0)
+        return nb
+    a = _cache(tmp_path, "a", url, lease_ttl=1.5, remote_wait=30)
+    b = _cache(tmp_path, "b", url, lease_ttl=1.5, remote_wait=30)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t = threading.Thread(target=lambda: a.get_or_build(key, build_a))
+        t.start()
+        try:
+            time.sleep(2.0)                                           # the stall is over; A builds on
+            assert client.pttl(REDIS_PREFIX + key + ":lease") > 0
+            got, hit = b.get_or_build(key, lambda: builds.append("b") or nb)
+        finally:
+            os.kill(proc.pid, signal.SIGCONT)
+            t.join()
+    assert builds == ["a"] and hit and got == nb
+    assert a.stats()["remote_errors"] >= 1 and b.stats()["lease_takeovers"] == 0
+    assert not client.exists(REDIS_PREFIX + key + ":lease")
+
+
+def test_a_renewal_applied_but_unanswered_is_adopted(tmp_path, redis_server):
+    """A renewal the server applied whose answer was lost (a timeout on the way back): the next
+    renewal and the release recognise the value the server holds, so the lease is not lost."""
+    url, _, client = redis_server
+    key, nb = synthetic("unanswered")
+    store = RedisStore(url, HMAC_KEY)
+    real, lost_answers = store._renew_lease, []
+
+    def applied_then_timeout(lease, value):
+        result = real(lease, value)
+        if not lost_answers:
+            lost_answers.append(value)
+            raise TimeoutError("the answer was lost")
+        return result
+    store._renew_lease = applied_then_timeout
+    attempt = store.acquire_lease(key, 0.6)
+    errors = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        lease = attempt.lease.start(on_error=lambda: errors.append(1))
+        time.sleep(1.5)                                    # several renewals past the lost answer
+        assert not lease.lost and lease.value != lost_answers[0]
+        assert client.get(REDIS_PREFIX + key + ":lease") == lease.value
+        assert lease.release() == remote_mod.OK
+    assert not client.exists(REDIS_PREFIX + key + ":lease")
+    assert errors == [1] and [w.category for w in caught] == [RemoteUnavailableWarning]
+    assert store._down_until == 0.0                         # a renewal does not rest the tier
+
+
+def test_renewal_and_release_failures_count_as_remote_errors(tmp_path, redis_server):
+    url, proc, _ = redis_server
+    key, nb = synthetic("renewfail")
+    cache = _cache(tmp_path, "a", url, lease_ttl=0.6)
+
+    def build():
+        proc.kill()
+        proc.wait()
+        time.sleep(0.5)                                    # two renewals fail
+        return nb
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert cache.get_or_build(key, build) == (nb, False)
+    st = cache.stats()
+    assert st["remote_errors"] >= 3                         # renewals, the put, the release
+    assert len([w for w in caught if issubclass(w.category, RemoteUnavailableWarning)]) == 1
+
+
+def test_a_lease_released_by_its_holder_is_no_takeover(tmp_path, redis_server):
+    """lease_takeovers counts leases whose holder stopped renewing (or invalid values replaced), not
+    a lease found free because its holder released it (a failed build, or a result published while
+    the waiter was between polls)."""
+    url, _, _ = redis_server
+    for tag, fails in (("released-ok", False), ("released-failed", True)):
+        key, nb = synthetic(tag)
+        holder = _cache(tmp_path, "h-" + tag, url, lease_ttl=5)
+
+        def build():
+            time.sleep(0.6)
+            if fails:
+                raise RuntimeError("build failed")
+            return nb
+
+        def run():
+            try:
+                holder.get_or_build(key, build)
+            except RuntimeError:
+                pass
+        t = threading.Thread(target=run)
+        t.start()
+        time.sleep(0.2)
+        waiter = _cache(tmp_path, "w-" + tag, url, lease_ttl=5)
+        got, hit = waiter.get_or_build(key, lambda: nb)
+        t.join()
+        st = waiter.stats()
+        assert got == nb and hit is (not fails)
+        assert (st["fleet_waits"], st["lease_takeovers"]) == (1, 0), tag
+
+
+def test_a_lease_whose_holder_stopped_renewing_is_a_takeover(tmp_path, redis_server):
+    url, _, _ = redis_server
+    key, nb = synthetic("stopped")
+    dead = RedisStore(url, HMAC_KEY).acquire_lease(key, 1.0)      # never renewed, never released
+    assert dead.lease is not None
+    cache = _cache(tmp_path, "a", url, lease_ttl=1.0, remote_wait=30)
+    t0 = time.monotonic()
+    assert cache.get_or_build(key, lambda: nb) == (nb, False)
+    assert 0.5 < time.monotonic() - t0 < 3.0
+    st = cache.stats()
+    assert (st["fleet_waits"], st["lease_takeovers"], st["builds"]) == (1, 1, 1)
+
+
+def test_lease_ttl_and_remote_wait_are_clamped(tmp_path, monkeypatch):
+    local = LocalStore(str(tmp_path / "c"))
+    with pytest.warns(KernbinWarning, match="lease_ttl"):
+        assert Cache(local, lease_ttl=0.0001).lease_ttl == 0.5        # renewals every 33 us otherwise
+    with pytest.warns(KernbinWarning, match="lease_ttl"):
+        assert Cache(local, lease_ttl=1e9).lease_ttl == 3600.0
+    with pytest.warns(KernbinWarning, match="remote_wait"):
+        assert Cache(local, remote_wait=float("inf")).remote_wait == 86400.0
+    with pytest.raises(Exception):
+        Cache(local, remote_wait=float("nan"))
+    monkeypatch.delenv("KERNBIN_REMOTE", raising=False)
+    monkeypatch.setenv("KERNBIN_REMOTE_LEASE_TTL", "0.0001")
+    with pytest.warns(KernbinWarning, match="lease_ttl"):
+        assert Cache.from_env(str(tmp_path / "e")).lease_ttl == 0.5
+
+
+def test_a_lease_is_judged_by_its_holders_ttl(tmp_path, redis_server):
+    """The holder's ttl is in the signed lease value: a reader with a short ttl honours a holder's
+    long one (a 600 s lease used to be "expiring implausibly late" for a 2 s reader: replaced, built
+    twice), and a lease of an older kernbin (no ttl in it) is judged by the reader's."""
+    url, _, client = redis_server
+    key, _ = synthetic("long-ttl")
+    held = RedisStore(url, HMAC_KEY).acquire_lease(key, 600)
+    other = RedisStore(url, HMAC_KEY).acquire_lease(key, 2)
+    assert other.status == remote_mod.OK and other.lease is None and other.rejected is None
+    assert other.holder == held.lease.holder and 590 < other.expires_in <= 600
+    held.lease.release()
+    store = RedisStore(url, HMAC_KEY)
+    payload = f"{int((time.time() + 5) * 1000)} old-host:1:aa".encode()
+    old = b"KBL1" + store._lease_sig(key, payload) + payload
+    assert store.read_lease(key, old, 10) == ("old-host:1:aa", pytest.approx(time.time() + 5, abs=1))
+
+
+def test_a_non_ascii_host_name_holds_leases_like_any_other(redis_server, monkeypatch):
+    """A holder whose host name is not ASCII used to write a lease every other host found malformed
+    (and took over at once): the name is made printable ASCII; a value of an older kernbin that
+    carries such a name is still read."""
+    url, _, _ = redis_server
+    key, _ = synthetic("hostname")
+    monkeypatch.setattr(socket, "gethostname", lambda: "b\u00fcild 01")
+    a = RedisStore(url, HMAC_KEY).acquire_lease(key, 30)
+    assert a.lease.holder.startswith("b?ild?01:") and a.lease.holder.isascii()
+    monkeypatch.setattr(socket, "gethostname", lambda: "build-02")
+    b = RedisStore(url, HMAC_KEY).acquire_lease(key, 30)
+    assert b.lease is None and b.rejected is None and b.holder == a.lease.holder
+    a.lease.release()
+    store = RedisStore(url, HMAC_KEY)
+    payload = f"{int((time.time() + 5) * 1000)} 30000 b\u00fcild:1:aa".encode()
+    value = b"KBL1" + store._lease_sig(key, payload) + payload
+    assert store.read_lease(key, value, 30)[0] == "b\u00fcild:1:aa"

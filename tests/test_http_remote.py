@@ -283,13 +283,96 @@ def test_basic_auth_from_the_url_and_the_password_never_shown(fake):
 
 
 def test_check_url_accepts_http_and_refuses_what_it_cannot_use():
-    for url in ("http://cache:8080/kernbin", "https://cache.example/a/b", "http://[::1]:80/", "redis://h:1/0"):
+    for url in ("http://cache:8080/kernbin", "https://cache.example/a/b", "http://[::1]:80/", "redis://h:1/0",
+                "http://cache.example./x", "http://b\u00fccher.example/x", "redis://[fe80::1%25eth0]:1/0"):
         check_url(url)
     for url in ("http://", "http:///path", "https://h/x?query=1", "https://h/x#frag", "ftp://h/x",
-                "http://h:notaport/x"):
+                "http://h:notaport/x", "http://a..b/cache", "http://" + "a" * 64 + ".example/cache",
+                "https://.a/x", "redis://a..b:6379/0", "rediss://" + "b" * 64 + ":6379/0"):
         with pytest.raises(remote_mod.RemoteConfigError) as e:
             check_url(url)
         assert e.value.rule == "url"
+
+
+@pytest.mark.parametrize("url", ["http://a..b/cache", "http://" + "a" * 64 + ".example/cache", "redis://a..b:6379/0"])
+def test_a_host_that_is_not_a_valid_idna_name_disables_the_tier_once(tmp_path, monkeypatch, url):
+    """Such a host used to pass the check and then fail every call with UnicodeError (an exception
+    out of get and get_or_build): it is refused when the cache is configured, local only."""
+    monkeypatch.setattr(remote_mod, "_disabled_warned", set())
+    monkeypatch.setenv("KERNBIN_REMOTE", url)
+    monkeypatch.setenv("KERNBIN_CACHE_HMAC_KEY", HMAC_KEY.decode())
+    with pytest.warns(remote_mod.RemoteDisabledWarning) as caught:
+        cache = Cache.from_env(str(tmp_path))
+    assert [w.message.rule for w in caught] == ["url"] and cache.remotes == ()
+    key, nb = synthetic("idna")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                        # no further warning, no exception
+        assert cache.get(key) is None
+        assert cache.get_or_build(key, lambda: nb) == (nb, False)
+
+
+def test_unicode_and_value_errors_of_a_call_are_failures(fake):
+    """Defence in depth: an error the resolver or a client raises from a name or an answer it cannot
+    encode (UnicodeError, ValueError) is a failed call, never an exception."""
+    store = HttpStore(fake(lambda conn, *_: None).url, HMAC_KEY)
+    for error in (UnicodeError("label empty or too long"), ValueError("bad")):
+        store._down_until = 0.0
+
+        def boom(*_, e=error):
+            raise e
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            assert store._call(boom) == (None, FAILED)
+
+
+def _big_answers(conn, line, headers, body):
+    """PUT -> 201 and GET -> 404, each with a 100 KiB HTML body; DELETE -> 500 with one."""
+    page = b"<html>" + b"x" * (100 << 10) + b"</html>"
+    method = line.split()[0]
+    status = {"PUT": "201 Created", "GET": "404 Not Found"}.get(method, "500 Internal Server Error")
+    try:
+        _answer(conn, status, page)
+    except OSError:                                       # the client dropped the connection unread
+        return False
+    return True
+
+
+def test_a_long_body_on_a_put_or_a_404_is_not_an_oversized_entry(tmp_path, fake):
+    """Only a value (GET 200) can be "oversized": a 201 to a PUT or a 404 page over the 64 KiB drain
+    limit is read no further (the connection is dropped) and means what its status says. It used to
+    raise RejectedEntry out of Cache.put and get_or_build."""
+    server = fake(_big_answers)
+    store = HttpStore(server.url, HMAC_KEY)
+    key, nb = synthetic("bigbody")
+    result, _, warned = _quiet_get(store, key)
+    assert result == (None, OK) and warned == []               # a miss
+    assert store.put(key, nb.without_ir().to_bytes()) == OK
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert store.delete(key) == FAILED                     # a 500 stays a failure, long body or not
+    assert [type(w.message) for w in caught] == [RemoteUnavailableWarning]
+    cache = Cache(LocalStore(str(tmp_path / "c")), HttpStore(server.url, HMAC_KEY))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert cache.get_or_build(key, lambda: nb) == (nb, False)
+    st = cache.stats()
+    assert (st["rejected"], st["remote_errors"]) == (0, 0)
+    assert server.connections >= 4                              # each long body dropped its connection
+
+
+def test_put_and_delete_never_raise_rejected_entry(fake):
+    """Defence in depth: a tier whose write raises RejectedEntry reports a failed call."""
+    class Refusing(HttpStore):
+        def _put(self, key, value):
+            raise RejectedEntry("oversized", "refused")
+        _delete = _put
+    store = Refusing(fake(lambda conn, *_: None).url, HMAC_KEY)
+    key, nb = synthetic("refusing")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert store.put(key, nb.without_ir().to_bytes()) == FAILED
+        assert store.delete(key) == SKIPPED                    # resting after the failure
+    assert [type(w.message) for w in caught] == [RemoteUnavailableWarning]
 
 
 # -- chains of remotes -------------------------------------------------------------------

@@ -10,8 +10,11 @@ forge them. ``http://user:password@host/...`` sends Basic authentication (use ``
 Bounded in time and size: connecting has its own timeout (``connect_timeout``), and each request
 as a whole (sending, the status line and headers, the body) has a deadline ``timeout`` seconds
 away, enforced on every read from the socket. A response is never read past
-``max_entry_size + 1`` bytes: a larger ``Content-Length`` is refused without reading the body
-(:class:`~kernbin.cache.remote.RejectedEntry`, rule ``"oversized"``), so is a body that grows past it.
+``max_entry_size + 1`` bytes: a larger ``Content-Length`` on a ``GET`` that found the entry (200)
+is refused without reading the body (:class:`~kernbin.cache.remote.RejectedEntry`, rule
+``"oversized"``), so is a body that grows past it. Any other answer's body (a ``201`` to a ``PUT``,
+a ``404`` page) is read up to 64 KiB to keep the connection; a longer one drops the connection
+and is ignored (a success status) or a failure (any other).
 Header lines and counts are bounded by :mod:`http.client`. Redirects are not followed. A failure
 (refused connection, timeout, a ``5xx``, a redirect, a malformed response) warns once and rests the
 tier, like Redis. Connections are kept alive, one per thread (and never shared across ``fork``).
@@ -185,17 +188,20 @@ class HttpStore(RemoteStore):
                 return None
 
     def _finish(self, resp, ok: tuple, what: str) -> bytes | None:
-        """The body of an answer whose status is in ``ok`` (bounded); RemoteCallError for another status."""
+        """The body of an answer whose status is in ``ok`` (bounded); RemoteCallError for another status.
+        Only a value (``GET`` 200) longer than ``max_entry_size`` is :class:`RejectedEntry`; another
+        answer's body over 64 KiB is not read (the connection is dropped): ``b""`` for a status in ``ok``."""
+        entry = resp.status == 200 and what == "GET"
         try:
-            limit = self.max_entry_size if resp.status == 200 and what == "GET" else _DRAIN
-            body = self._read_body(resp, limit)
+            body = self._read_body(resp, self.max_entry_size if entry else _DRAIN)
         except BaseException:
             self._drop()
             raise
         if body is None:
             self._drop()
-            if resp.status in ok:
+            if entry:
                 raise RejectedEntry("oversized", f"value larger than {self.max_entry_size} bytes (not read)")
+            body = b""
         elif resp.will_close:
             self._drop()
         if resp.status not in ok:

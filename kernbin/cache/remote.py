@@ -13,21 +13,23 @@ catch corruption, not forgery, so there is no unsigned mode: a store without a k
 (:class:`RemoteConfigError`, rule ``"no-hmac-key"``), and
 :meth:`Cache.from_env <kernbin.cache.Cache.from_env>` then leaves that tier out with one
 :class:`RemoteDisabledWarning`. So does a malformed URL (rule ``"url"``) or a missing redis-py
-(rule ``"redis-py"``). A value longer than ``max_entry_size`` is never read whole: it is refused
+(rule ``"redis-py"``), or a host name that is not a valid IDNA name (``a..b``, a label over 63
+characters). A value longer than ``max_entry_size`` is never read whole: it is refused
 (:class:`RejectedEntry`, rule ``"oversized"``).
 
-A tier down or slow: every call has a short timeout; the first failure warns once
-(:class:`RemoteUnavailableWarning`) and the tier is skipped for ``retry_after`` seconds, so the
-local cache keeps working. Each call reports :data:`OK`, :data:`FAILED` (counted as
-``remote_errors``) or :data:`SKIPPED` (not tried: the tier is resting, or the value is larger than
-the tier takes; not an error). :class:`RemoteStore` holds that logic once; a tier implements
-``_get``, ``_put`` and ``_delete``.
+A tier down, slow or answering garbage: every call is bounded in time (and in the bytes it
+reads); the first failure warns once (:class:`RemoteUnavailableWarning`) and the tier is skipped
+for ``retry_after`` seconds, so the local cache keeps working. Each call reports :data:`OK`,
+:data:`FAILED` (counted as ``remote_errors``) or :data:`SKIPPED` (not tried: the tier is
+resting, or the value is larger than the tier takes; not an error); no exception of the tier's
+client escapes a call. :class:`RemoteStore` holds that logic once; a tier implements ``_get``,
+``_put`` and ``_delete``.
 
 Leases (fleet-wide single flight) need an atomic "set if absent" with an expiry: Redis has it
 (``SET NX PX``), plain HTTP does not, so only :class:`~kernbin.cache.redis.RedisStore` supports
 them (:attr:`RemoteStore.supports_leases`). A lease value is signed like an entry (domain-separated)
-and carries its holder and expiry, see :meth:`RemoteStore.lease_value`; a value that fails
-verification, or whose expiry is long past, counts as no lease and is replaced.
+and carries its holder, expiry and time to live, see :meth:`RemoteStore.lease_value`; a value that
+fails verification, or whose expiry is long past, counts as no lease and is replaced.
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ _MAGIC = b"KBR1"
 _SIGNED, _UNSIGNED = 1, 0
 _LEASE_MAGIC = b"KBL1"
 _LEASE_MAX = 512                    # bytes: a longer lease value is not one of ours
+LEASE_TTL_MIN, LEASE_TTL_MAX = 0.5, 3600.0   # seconds: a lease's time to live is clamped to this
+_RENEW_KEEP = 3                     # renewals whose outcome is unknown, remembered (see Lease)
 OK, FAILED, SKIPPED = "ok", "failed", "skipped"
 DEFAULT_MAX_ENTRY_SIZE = 256 << 20  # a remote value larger than this is refused unread
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
@@ -82,9 +86,9 @@ class RemoteConfigError(KernbinError):
 
 
 class RemoteCallError(KernbinError):
-    """A remote answered, but not as the protocol allows (an HTTP 500, a redirect). ``url``,
-    ``status`` (the HTTP status, None when there is none), ``reason``. Handled like an unreachable
-    tier: one warning, a rest period."""
+    """A remote answered, but not as the protocol allows (an HTTP 500, a redirect, a Redis reply of
+    the wrong type). ``url``, ``status`` (the HTTP status, None when there is none), ``reason``.
+    Handled like an unreachable tier: one warning, a rest period."""
 
     def __init__(self, url: str, status: int | None, reason: str):
         self.url, self.status, self.reason = url, status, reason
@@ -141,10 +145,19 @@ def _redact(url: str) -> str:
         return url
 
 
+def _check_host(shown: str, host: str) -> None:
+    """The host must encode as IDNA, as the resolver will encode it (``a..b``, a label longer than
+    63 characters would fail every call with ``UnicodeError``)."""
+    try:
+        host.encode("idna")
+    except (UnicodeError, ValueError) as e:
+        raise RemoteConfigError(shown, "url", f"host {host!r} is not a valid host name ({e})") from None
+
+
 def check_url(url: str) -> None:
     """Raise :class:`RemoteConfigError` (rule ``"url"``) unless ``url`` is a usable remote URL:
     ``redis://host:port/db`` (``rediss://``, ``unix:///path``; numeric port and database) or
-    ``http(s)://host[:port]/prefix`` (no query, no fragment)."""
+    ``http(s)://host[:port]/prefix`` (no query, no fragment); the host a valid (IDNA) name."""
     try:
         u = urlsplit(url)
         u.port                              # ValueError for "notaport" or out of range
@@ -154,6 +167,7 @@ def check_url(url: str) -> None:
     if u.scheme in _HTTP_SCHEMES:
         if not u.hostname:
             raise RemoteConfigError(shown, "url", "no host: use http://host:port/prefix")
+        _check_host(shown, u.hostname)
         if u.query or u.fragment:
             raise RemoteConfigError(shown, "url", "no query or fragment: use http://host:port/prefix")
         return
@@ -163,6 +177,7 @@ def check_url(url: str) -> None:
     if u.scheme != "unix":
         if not u.hostname:
             raise RemoteConfigError(shown, "url", "no host: use redis://host:port/db")
+        _check_host(shown, u.hostname)
         db = u.path.strip("/")
         if db and not db.isdigit():
             raise RemoteConfigError(shown, "url", f"database {db!r} is not a number")
@@ -197,12 +212,17 @@ def warn_disabled(error: RemoteConfigError) -> None:
 class LeaseAttempt:
     """What :meth:`RemoteStore.acquire_lease` found. ``status``: :data:`OK` (then ``lease`` is ours,
     or None while ``holder`` holds a valid lease), :data:`FAILED` or :data:`SKIPPED` (no answer: act
-    as if there were no remote). ``rejected``: an invalid lease value found (and replaced) on the way."""
+    as if there were no remote). ``rejected``: an invalid lease value found (and replaced) on the way.
+    ``takeover``: our lease replaced a value that was no valid lease (expired, forged, garbage), not a
+    free key. ``expires_in``: while another holds it, the seconds its lease has left on the server
+    (None when unknown): a lease found free later, before that time, was released, not expired."""
 
     status: str
     lease: "Lease | None" = None
     holder: str | None = None
     rejected: RejectedEntry | None = None
+    takeover: bool = False
+    expires_in: float | None = None
 
 
 class RemoteStore:
@@ -210,12 +230,14 @@ class RemoteStore:
     :meth:`put`, :meth:`delete`) and, where the tier supports them, leases. Subclasses implement
     ``_get(key) -> bytes | None`` (at most ``max_entry_size + 1`` bytes read; :class:`RejectedEntry`
     for a value it will not read), ``_put(key, value)`` and ``_delete(key)``; every exception they let
-    through that is an ``OSError``, a :class:`RemoteCallError` or one of :attr:`_errors` makes the
-    call :data:`FAILED`."""
+    through that is an ``OSError``, a :class:`RemoteCallError`, a ``UnicodeError`` or ``ValueError``
+    (a host name the resolver cannot encode) or one of :attr:`_errors` makes the call :data:`FAILED`
+    (a :class:`RejectedEntry` goes to the caller of :meth:`get`; :meth:`put` and :meth:`delete`
+    report it as :data:`FAILED`)."""
 
     #: whether :meth:`acquire_lease` can work on this tier (an atomic set-if-absent with expiry)
     supports_leases = False
-    #: exceptions of the client library that mean "this call failed" (besides OSError)
+    #: exceptions of the client library that mean "this call failed" (besides those above)
     _errors: tuple = ()
 
     def __init__(self, url: str, hmac_key: bytes | None, *, retry_after: float = 30.0,
@@ -264,25 +286,33 @@ class RemoteStore:
 
     def lease_value(self, key: str, ttl: float, holder: str) -> bytes:
         """A signed lease value: ``KBL1``, HMAC (over a lease-only prefix, the key and the payload),
-        payload ``b"<expiry, ms since the epoch> <holder>"``. The expiry is in the signed part, so a
-        copied value re-stored without a time to live stops counting once it has passed."""
-        payload = f"{int((time.time() + ttl) * 1000)} {holder}".encode()
+        payload ``b"<expiry, ms since the epoch> <ttl, ms> <holder>"``. The expiry is in the signed
+        part, so a copied value re-stored without a time to live stops counting once it has passed;
+        so is the holder's ``ttl`` (clamped to [0.5, 3600] s), by which readers judge the value
+        whatever their own setting."""
+        ttl_ms = int(min(max(ttl, LEASE_TTL_MIN), LEASE_TTL_MAX) * 1000)
+        payload = f"{int((time.time() + ttl) * 1000)} {ttl_ms} {holder}".encode()
         return _LEASE_MAGIC + self._lease_sig(key, payload) + payload
 
     def read_lease(self, key: str, value: bytes, ttl: float) -> tuple[str, float]:
         """``(holder, expiry)`` of a valid lease value; :class:`RejectedEntry` (rule ``"lease-format"``,
-        ``"lease-signature"``, ``"lease-expired"``) otherwise. ``ttl`` is this reader's lease time to
-        live: a lease is valid until ``ttl`` seconds after its expiry (clocks differ between hosts)
-        and may claim at most ``max(10 * ttl, 300)`` seconds ahead."""
+        ``"lease-signature"``, ``"lease-expired"``) otherwise. A lease is valid until one time to live
+        after its expiry (clocks differ between hosts) and may claim at most ``max(10 * ttl, 300)``
+        seconds ahead, ``ttl`` being the holder's (in the signed payload; ``ttl``, this reader's, for a
+        value of an older kernbin that did not write it)."""
         if len(value) > _LEASE_MAX or len(value) < 38 or value[:4] != _LEASE_MAGIC:
             raise RejectedEntry("lease-format", "not a kernbin lease value")
         sig, payload = value[4:36], value[36:]
         if not hmac.compare_digest(sig, self._lease_sig(key, payload)):
             raise RejectedEntry("lease-signature", "lease value: HMAC signature mismatch")
-        try:
-            expiry_ms, holder = payload.decode("ascii").split(" ", 1)
-            expiry = int(expiry_ms) / 1000
-        except (UnicodeDecodeError, ValueError):
+        try:                                # signed by the fleet: decoded leniently (a holder's name)
+            parts = payload.decode("utf-8", "replace").split(" ", 2)
+            expiry = int(parts[0]) / 1000
+            if len(parts) == 3 and parts[1].isdigit():
+                ttl, holder = min(max(int(parts[1]) / 1000, LEASE_TTL_MIN), LEASE_TTL_MAX), parts[2]
+            else:                           # "<expiry> <holder>": written by an older kernbin
+                holder = payload.decode("utf-8", "replace").split(" ", 1)[1]
+        except (ValueError, IndexError):
             raise RejectedEntry("lease-format", "lease value: malformed payload") from None
         now = time.time()
         if not now - ttl <= expiry <= now + max(10 * ttl, 300.0):
@@ -297,12 +327,24 @@ class RemoteStore:
             return None, SKIPPED
         try:
             return fn(*args), OK
-        except (RemoteCallError, OSError, *self._errors) as e:
-            self._down_until = time.monotonic() + self.retry_after
-            if not self._warned:
-                self._warned = True
-                warnings.warn(RemoteUnavailableWarning(self.url, e, self.retry_after), stacklevel=4)
+        except RejectedEntry:
+            raise
+        except (RemoteCallError, OSError, UnicodeError, ValueError, *self._errors) as e:
+            self._failed(e)
             return None, FAILED
+
+    def _failed(self, error: BaseException, rest: bool = True) -> None:
+        """A call failed with ``error``: rest the tier (unless ``rest`` is false: lease renewals and
+        releases do not), warn once, and let the tier drop what the failure may have left broken."""
+        if rest:
+            self._down_until = time.monotonic() + self.retry_after
+        self._after_failure()
+        if not self._warned:
+            self._warned = True
+            warnings.warn(RemoteUnavailableWarning(self.url, error, self.retry_after), stacklevel=5)
+
+    def _after_failure(self) -> None:
+        """Called after a failed call (a tier closes its idle connections here)."""
 
     @staticmethod
     def _check_key(key: str) -> None:
@@ -322,12 +364,21 @@ class RemoteStore:
         value = self.wrap(key, data)
         if len(value) > self.max_entry_size:
             return SKIPPED
-        return self._call(self._put, key, value)[1]
+        return self._write(self._put, key, value)
 
     def delete(self, key: str) -> str:
         """Delete the entry; returns :data:`OK`, :data:`FAILED` or :data:`SKIPPED`."""
         self._check_key(key)
-        return self._call(self._delete, key)[1]
+        return self._write(self._delete, key)
+
+    def _write(self, fn, *args) -> str:
+        """The status of a call that returns nothing: a :class:`RejectedEntry` there (no value was
+        asked for) is a failed call, never an exception."""
+        try:
+            return self._call(fn, *args)[1]
+        except RejectedEntry as e:
+            self._failed(e)
+            return FAILED
 
     def acquire_lease(self, key: str, ttl: float) -> LeaseAttempt:
         """Try to take the build lease on ``key`` for ``ttl`` seconds (see :class:`LeaseAttempt`).
@@ -335,18 +386,22 @@ class RemoteStore:
         return LeaseAttempt(SKIPPED)
 
     def _renew_lease(self, lease: "Lease", value: bytes) -> bool:
-        """Replace the lease's value by ``value`` (a later expiry) if it is still ours; raises what the
-        tier's client raises (called through :meth:`_call`)."""
+        """Replace the lease's value by ``value`` (a later expiry) if it is still ours (any of
+        :meth:`Lease.values`); raises what the tier's client raises (called by :class:`Lease`, not
+        through :meth:`_call`: the tier's rest period does not stop renewals)."""
         raise NotImplementedError
 
     def _release_lease(self, lease: "Lease") -> bool:
-        """Delete the lease if it is still ours (compare and delete)."""
+        """Delete the lease if it is still ours (compare and delete, against any of
+        :meth:`Lease.values`)."""
         raise NotImplementedError
 
 
 def holder_id() -> str:
-    """Who holds a lease: host, process, and a random part (unique per lease)."""
-    return f"{socket.gethostname()[:64]}:{os.getpid()}:{os.urandom(6).hex()}"
+    """Who holds a lease: host, process, and a random part (unique per lease). The host name is cut
+    to 64 printable ASCII characters (others become ``?``), as every reader must parse it."""
+    host = re.sub(r"[^!-~]", "?", socket.gethostname())[:64] or "?"
+    return f"{host}:{os.getpid()}:{os.urandom(6).hex()}"
 
 
 class Lease:
@@ -354,43 +409,82 @@ class Lease:
     daemon thread while the build runs; :meth:`release` stops that and deletes the lease if it is
     still ours. A holder that dies stops renewing: the lease expires ``ttl`` seconds later at most
     and a waiter takes it over. A lease lost meanwhile (``lost``: taken over after a stall) only
-    means another host may build the same key too; the result is the same."""
+    means another host may build the same key too; the result is the same.
+
+    Renewals and the release are direct calls, not subject to the tier's rest period (a lease must
+    not lapse because some other call timed out). A renewal that fails is retried at the next tick;
+    the server may have applied it before the failure was seen (a timeout), so its value is
+    remembered: the next renewal, or the release, accepts the last confirmed value or any of the
+    last few unconfirmed ones (:meth:`values`), and so adopts the one the server holds. Failed
+    renewals and releases warn once (:class:`RemoteUnavailableWarning`) and call ``on_error``."""
 
     def __init__(self, store: RemoteStore, key: str, value: bytes, ttl: float, holder: str):
         self.store, self.key, self.ttl, self.holder = store, key, ttl, holder
-        self.value = value
+        self.value = value                  # the value the server is known to hold (last confirmed)
+        self._unconfirmed: list[bytes] = []  # renewals sent that may or may not have been applied
         self.lost = False
+        self.on_error = None                # called (no arguments) for each failed renewal or release
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
-    def start(self) -> "Lease":
-        """Start renewing in the background."""
+    def values(self) -> list[bytes]:
+        """Every value the server may hold for this lease: the confirmed one, then the unconfirmed."""
+        return [self.value, *self._unconfirmed]
+
+    def start(self, on_error=None) -> "Lease":
+        """Start renewing in the background; ``on_error``: see the class."""
+        if on_error is not None:
+            self.on_error = on_error
         self._thread = threading.Thread(target=self._renew_loop, name=f"kernbin-lease-{self.key[:8]}", daemon=True)
         self._thread.start()
         return self
 
+    def _error(self, error: BaseException) -> None:
+        self.store._failed(error, rest=False)
+        if self.on_error is not None:
+            try:
+                self.on_error()
+            except Exception:                 # statistics only
+                pass
+
     def _renew_loop(self) -> None:
-        while not self._stop.wait(self.ttl / 3):
+        period = self.ttl / 3
+        next_at = time.monotonic() + period
+        while not self._stop.wait(max(0.0, next_at - time.monotonic())):
             with self._lock:
-                if self._stop.is_set():
+                if self._stop.is_set() or not self._renew_once():
                     return
-                new = self.store.lease_value(self.key, self.ttl, self.holder)
-                ok, status = self.store._call(self.store._renew_lease, self, new)
-                if status == OK:
-                    if not ok:
-                        self.lost = True
-                        return
-                    self.value = new
+            next_at = max(next_at + period, time.monotonic())   # late (a slow call): renew at once
+
+    def _renew_once(self) -> bool:
+        """One renewal; False when the lease turned out to be lost."""
+        new = self.store.lease_value(self.key, self.ttl, self.holder)
+        try:
+            ok = self.store._renew_lease(self, new)
+        except Exception as e:                # whatever the tier's client raises: never kill the thread
+            self._unconfirmed = (self._unconfirmed + [new])[-_RENEW_KEEP:]
+            self._error(e)
+            return True
+        if not ok:
+            self.lost = True
+            return False
+        self.value, self._unconfirmed = new, []
+        return True
 
     def release(self) -> str:
-        """Stop renewing and delete the lease if it is still ours: :data:`OK`, :data:`FAILED` or
-        :data:`SKIPPED` (the lease then simply expires)."""
+        """Stop renewing and delete the lease if it is still ours: :data:`OK` or :data:`FAILED` (the
+        lease then simply expires)."""
         self._stop.set()
         with self._lock:
             if self.lost:
                 return OK
-            return self.store._call(self.store._release_lease, self)[1]
+            try:
+                self.store._release_lease(self)
+            except Exception as e:
+                self._error(e)
+                return FAILED
+            return OK
 
 
 def __getattr__(name: str):

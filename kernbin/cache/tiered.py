@@ -10,7 +10,8 @@ the key in the remote before building (renewed while the build runs, released af
 result is stored), and a process that finds the lease held polls the remotes for the result
 (backoff with jitter) for at most ``remote_wait`` seconds; a lease whose holder died expires
 after ``lease_ttl`` and the next waiter takes it over and builds; a waiter past its bound
-builds itself. A remote that does not answer makes the cache behave as local-only.
+builds itself. A remote that does not answer makes the cache behave as local-only: the lease
+tier not answering ends the wait (the process builds); another tier's failed poll does not.
 
 A remote tier that cannot be used safely (no HMAC key, malformed URL, no redis-py) is left out
 with one warning; the local cache works on (see ``remote.py``).
@@ -34,6 +35,7 @@ __all__ = ["Cache", "DEFAULT_WAIT", "DEFAULT_LEASE_TTL", "DEFAULT_REMOTE_WAIT"]
 DEFAULT_WAIT = 600.0          # seconds a process waits on the local lock before building itself
 DEFAULT_LEASE_TTL = 10.0      # seconds a fleet lease lives without renewal (renewed every ttl / 3)
 DEFAULT_REMOTE_WAIT = 300.0   # seconds a process waits for another host's build before building itself
+MAX_REMOTE_WAIT = 86400.0     # remote_wait is clamped to this (lease_ttl to [0.5, 3600] s, see remote.py)
 _POLL_FIRST = 0.05            # first pause between polls for another host's result; doubles up to
 _POLL_MAX = 1.0               # this (or ttl / 4, whichever is smaller), each with +-50 % jitter
 
@@ -54,10 +56,20 @@ def _env_seconds(name: str, default: float) -> float:
         return default
 
 
+def _clamped(name: str, value: float, low: float, high: float) -> float:
+    """``value`` within [low, high]; one warning when it was not."""
+    clamped = min(max(value, low), high)
+    if clamped != value:
+        warnings.warn(f"kernbin: {name}={value:g} s is out of range; using {clamped:g} s", KernbinWarning,
+                      stacklevel=3)
+    return clamped
+
+
 class Cache:
     """Local store + remote tiers (any number, in lookup order), with single flight in
     :meth:`get_or_build`. ``wait_timeout``: bound of the wait on another local process;
-    ``lease_ttl`` and ``remote_wait``: fleet leases (``remote_wait=0`` turns them off)."""
+    ``lease_ttl`` and ``remote_wait``: fleet leases (``remote_wait=0`` turns them off). ``lease_ttl``
+    outside [0.5, 3600] s and ``remote_wait`` over 86400 s are clamped, with a warning."""
 
     def __init__(self, local: LocalStore, remote=None, wait_timeout: float = DEFAULT_WAIT, *,
                  lease_ttl: float = DEFAULT_LEASE_TTL, remote_wait: float = DEFAULT_REMOTE_WAIT):
@@ -69,10 +81,13 @@ class Cache:
         else:
             self.remotes = (remote,)
         self.wait_timeout = wait_timeout
+        from .remote import LEASE_TTL_MAX, LEASE_TTL_MIN
         if not lease_ttl > 0:
             raise KernbinError(f"lease_ttl must be positive, not {lease_ttl!r}")
-        self.lease_ttl = float(lease_ttl)
-        self.remote_wait = float(remote_wait)
+        if remote_wait != remote_wait:
+            raise KernbinError("remote_wait must be a number of seconds, not nan")
+        self.lease_ttl = _clamped("lease_ttl", float(lease_ttl), LEASE_TTL_MIN, LEASE_TTL_MAX)
+        self.remote_wait = _clamped("remote_wait", float(remote_wait), float("-inf"), MAX_REMOTE_WAIT)
 
     @property
     def remote(self):
@@ -203,7 +218,7 @@ class Cache:
                 self.put(key, native)
             finally:
                 if lease is not None:
-                    lease.release()
+                    self._remote_status(lease.release())
             return native, False
 
     def _fleet_flight(self, key: str):
@@ -216,8 +231,10 @@ class Cache:
         deadline = start + self.remote_wait
         delay, poll_max = _POLL_FIRST, min(_POLL_MAX, max(_POLL_FIRST, self.lease_ttl / 4))
         holder, waited = None, False
+        seen_until = None       # when the lease last seen held would have run out, had it not been renewed
         while True:
             attempt = store.acquire_lease(key, self.lease_ttl)
+            now = time.monotonic()
             if attempt.rejected is not None:
                 self.local.record("rejected")
                 warnings.warn(RemoteRejectedWarning(key, attempt.rejected), stacklevel=4)
@@ -225,15 +242,19 @@ class Cache:
                 self._remote_status(attempt.status)
                 return (None if waited else self.get(key)), None
             if attempt.lease is not None:
-                if waited:
+                # a takeover: we replaced an invalid or expired value, or the lease we saw held ran out
+                # (its holder stopped renewing); not a lease its holder released
+                if attempt.takeover or (seen_until is not None and now >= seen_until - 0.1):
                     self.local.record("lease_takeovers")
                 native = self.get(key)        # published between our look-up and our lease?
                 if native is not None:
-                    attempt.lease.release()
+                    self._remote_status(attempt.lease.release())
                     if waited:
                         self.local.record("fleet_hits")
                     return native, None
-                return None, attempt.lease.start()
+                return None, attempt.lease.start(on_error=lambda: self.local.record("remote_errors"))
+            if attempt.expires_in is not None:
+                seen_until = now + attempt.expires_in
             holder = attempt.holder or holder
             if not waited:
                 waited = True
