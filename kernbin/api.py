@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 
 from .artifact import NativeBinary
 from .errors import (FallbackWarning, IncompatibleBinary, InvalidBinary, KernbinError, OfflineTarget,
-                     RuntimeAPIError)
+                     RuntimeAPIError, SignatureError)
 from .ir import IR, read_ir
 from .options import BuildOptions
 from .target import Target, parse_target
@@ -236,7 +236,6 @@ def load(native, target="opencl:cpu", *, ir=None, fallback: bool = True, trusted
     a runtime that would crash on them crashes there; the verdict is remembered per binary and
     device (in memory and under the cache directory), so the probe is paid once.
     """
-    from .errors import SignatureError
     device = _device(target)
     given_ir = read_ir(ir) if ir is not None else None
     try:

@@ -25,8 +25,8 @@ import weakref
 
 from ..artifact import BuildInfo, KernelInfo, NativeBinary
 from ..device import DeviceId, Toolchain
-from ..errors import (BuildError, InvalidBinary, LaunchError, OfflineTarget, OptionsError, RuntimeAPIError,
-                      RuntimeNotFound, TargetError)
+from ..errors import (BuildError, InvalidBinary, KernelNotFound, LaunchError, OfflineTarget, OptionsError,
+                      RuntimeAPIError, RuntimeNotFound, TargetError)
 from ..formats import cubin as cufmt
 from ..ir import IR
 from ..options import BuildOptions
@@ -512,7 +512,6 @@ class CudaModule(Module):
         return k
 
     def _make_kernel(self, name: str) -> "CudaKernel":
-        from ..errors import KernelNotFound
         err, f = self.device.cu.cuModuleGetFunction(self.handle, name.encode())
         if int(err) != 0:
             raise KernelNotFound(name, self.kernel_names)
