@@ -175,3 +175,36 @@ def test_launch_in_a_process_without_triton(gpu_bundle):
     p = subprocess.run([sys.executable, "-c", _NO_TRITON, path], capture_output=True, text=True, env=env, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     assert json.loads(p.stdout.strip().splitlines()[-1]) == {"ok": True, "triton": []}
+
+
+def test_loaded_function_parameters_checked_against_metadata(gpu_bundle, tmp_path):
+    """The live function's parameter layout against the launch metadata: ``cuFuncGetParamInfo``
+    (CUDA 12.4+) gives the honest metadata's sizes, nothing past the last; a bundle whose metadata
+    dropped the kernel's own parameters (it still parses) is refused before any launch."""
+    import dataclasses
+
+    import kernbin.triton as kt
+    from kernbin.bundle import read_all, write_bundle
+    from kernbin.triton import launcher
+    path, dev = gpu_bundle
+    add = kt.load(path)["add"].ready()
+    want = [p.size for p in add.meta.params]
+    assert want == [8, 8, 8, 4, 8, 8]
+    sizes = launcher._driver_param_sizes(dev.cu, add._function, len(want))
+    if dev.driver_version >= 12040:
+        assert sizes == want                       # the driver answers, and says no 7th parameter
+    kernels = read_all(path)
+    name = next(n for n in kernels if n.startswith("add."))
+    nb = kernels[name]["natives"][0]
+    meta = json.loads(nb.info.extra["triton"])
+    meta["args"] = [a for a in meta["args"] if a.get("specialised")]
+    meta["params"] = [p for p in meta["params"] if p.get("appended")]
+    info = dataclasses.replace(nb.info, extra={**nb.info.extra, "triton": json.dumps(meta)})
+    forged = str(tmp_path / "forged.kbin")
+    write_bundle(forged, {name: {"ir": kernels[name]["ir"], "natives": [dataclasses.replace(nb, info=info)]}})
+    k = kt.load(forged)["add"]
+    assert [p.name for p in k.meta.params] == ["global_scratch", "profile_scratch"]      # it parses
+    with pytest.raises(kt.TritonMetaError) as e:
+        k[(1,)]()
+    assert ("the driver" if sizes is not None else "the cubin") in str(e.value)
+    assert k._function is None

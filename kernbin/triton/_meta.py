@@ -37,7 +37,7 @@ from ..errors import KernbinError, LaunchError
 from . import _sig
 
 __all__ = ["FORMAT", "LaunchMeta", "ArgSpec", "ParamSpec", "SpecializationMismatch", "TritonMetaError",
-           "SCALAR_FORMATS", "TORCH_DTYPES", "parse_signature", "APPENDED_PARAMS"]
+           "SCALAR_FORMATS", "TORCH_DTYPES", "parse_signature", "APPENDED_PARAMS", "MAX_NUM_CTAS", "param_size"]
 
 FORMAT = 1
 #: the pointer parameters Triton 3.6 appends to every CUDA kernel (its launcher passes them last)
@@ -63,6 +63,19 @@ TORCH_DTYPES = {
     "torch.float8_e5m2fnuz": "fp8e5b16",
 }
 _TYPE = _sig.TYPE
+_POINTER = re.compile(r"\*k?(?:i1|i8|i16|i32|i64|u1|u8|u16|u32|u64|fp8e4nv|fp8e5|fp8e4b8|fp8e5b16|fp8e4b15|"
+                      r"fp16|bf16|fp32|f32|fp64)")
+#: the largest cluster Triton launches (``num_ctas``; 16 is non-portable: Hopper and Blackwell)
+MAX_NUM_CTAS = 16
+
+
+def param_size(ty: str) -> int | None:
+    """The bytes a kernel parameter of Triton type ``ty`` holds (8 for a pointer), or None for a type
+    no kernel parameter has."""
+    if _POINTER.fullmatch(ty):
+        return 8
+    fmt = SCALAR_FORMATS.get(ty)
+    return fmt[1] if fmt is not None else None
 
 
 class TritonMetaError(KernbinError):
@@ -153,7 +166,7 @@ class _MetaJSON(msgspec.Struct):
     args: Annotated[list[_ArgJSON], msgspec.Meta(max_length=4096)]
     params: Annotated[list[_ParamJSON], msgspec.Meta(max_length=4096)]
     threads_per_warp: Annotated[int, msgspec.Meta(ge=1, le=128)] = 32
-    num_ctas: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
+    num_ctas: Annotated[int, msgspec.Meta(ge=1, le=MAX_NUM_CTAS)] = 1
     cluster_dims: list[Annotated[int, msgspec.Meta(ge=1, le=64)]] = msgspec.field(default_factory=lambda: [1, 1, 1])
     shared: Annotated[int, msgspec.Meta(ge=0, le=1 << 24)] = 0
     global_scratch: _ScratchJSON = msgspec.field(default_factory=_ScratchJSON)
@@ -221,21 +234,39 @@ class LaunchMeta:
         if len(j.cluster_dims) != 3:
             raise TritonMetaError(f"bad cluster_dims {j.cluster_dims!r}", "cluster_dims")
         args = []
+        seen = set()
         for a in j.args:
             if not a.specialised and not _TYPE.fullmatch(a.type):
                 raise TritonMetaError(f"argument {a.name!r}: unknown type {a.type!r}", "args")
+            if a.name in seen:
+                raise TritonMetaError(f"argument {a.name!r} is named twice", "args")
+            seen.add(a.name)
             args.append(ArgSpec(a.name, a.type, a.divisibility, a.value, a.specialised))
         params = [ParamSpec(p.name, p.type, p.size, p.appended) for p in j.params]
+        for p in params:                        # every parameter: a type the launcher packs, at its size
+            want = param_size(p.type)
+            if want is None:
+                raise TritonMetaError(f"parameter {p.name!r}: unknown type {p.type!r}", "params")
+            if want != p.size:
+                raise TritonMetaError(f"parameter {p.name!r} of type {p.type} holds {p.size} bytes, not {want}",
+                                      "params")
         runtime = [a for a in args if not a.specialised]
-        body = [p for p in params if not p.appended]
+        n = len(params) - len(APPENDED_PARAMS)
+        body, appended = params[:max(n, 0)], params[max(n, 0):]
+        # Triton 3.6 appends exactly its two scratch pointers, last: its launcher passes them there
+        if [(p.name, p.type, p.size, p.appended) for p in appended] != \
+                [(name, "*i8", 8, True) for name in APPENDED_PARAMS]:
+            raise TritonMetaError(f"the parameters must end with {list(APPENDED_PARAMS)} (appended, *i8, 8 bytes), "
+                                  f"not {[p.to_json() for p in appended]}", "params")
+        if any(p.appended for p in body):
+            raise TritonMetaError(f"appended parameters {[p.name for p in body if p.appended]} before the "
+                                  f"kernel's own", "params")
         if [a.name for a in runtime] != [p.name for p in body]:
             raise TritonMetaError(f"the parameters {[p.name for p in body]} are not the unspecialised "
                                   f"arguments {[a.name for a in runtime]}", "params")
         for a, p in zip(runtime, body):
-            want = 8 if a.type[0] == "*" else SCALAR_FORMATS.get(a.type, (None, None))[1]
-            if want != p.size:
-                raise TritonMetaError(f"parameter {p.name!r} of type {a.type} holds {p.size} bytes, not {want}",
-                                      "params")
+            if a.type != p.type:
+                raise TritonMetaError(f"parameter {p.name!r} has type {p.type}, its argument {a.type}", "params")
         return cls(kernel=j.kernel, source=j.source or j.kernel, num_warps=j.num_warps,
                    threads_per_warp=j.threads_per_warp, num_ctas=j.num_ctas, cluster_dims=tuple(j.cluster_dims),
                    shared=j.shared, args=tuple(args), params=tuple(params),

@@ -29,12 +29,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..errors import KernbinError, TargetError
-from ._meta import APPENDED_PARAMS, FORMAT, SCALAR_FORMATS, LaunchMeta, json_value, parse_signature
+from ._meta import APPENDED_PARAMS, FORMAT, MAX_NUM_CTAS, SCALAR_FORMATS, LaunchMeta, json_value, parse_signature
 
 __all__ = ["KernelSpec", "compile", "compile_many", "compile_bundle", "cuda_archs", "variant_name",
-           "ptx_params", "resolve_kernel"]
+           "ptx_params", "resolve_kernel", "check_spec"]
 
 _VARIANT = re.compile(r"(.+)\.(sm_\d{2,3}[af]?)")
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,119}")
 
 
 @dataclass(frozen=True)
@@ -223,6 +224,42 @@ def _check_layout(meta: dict, ptx: str, cubin_layout: dict) -> None:
     LaunchMeta.from_json(meta)                     # what the launcher will read back must parse
 
 
+def _ref_text(spec: KernelSpec) -> str:
+    if isinstance(spec.kernel, str):
+        return repr(spec.kernel)
+    return repr(getattr(getattr(spec.kernel, "fn", spec.kernel), "__name__", spec.kernel))
+
+
+def _triton_options() -> frozenset:
+    """The option names Triton's CUDA backend defines (``CUDAOptions``' fields)."""
+    import dataclasses
+
+    from triton.backends.nvidia.compiler import CUDAOptions
+    return frozenset(f.name for f in dataclasses.fields(CUDAOptions))
+
+
+def check_spec(spec: KernelSpec) -> None:
+    """What can be refused before compiling: ``num_warps`` a power of two, ``num_ctas`` 1..16,
+    ``num_stages`` >= 0, option names Triton's ``CUDAOptions`` defines (a misspelt option would be
+    ignored by Triton, silently). Raises :class:`KernbinError`."""
+    nw = spec.num_warps
+    if type(nw) is not int or nw < 1 or nw & (nw - 1):
+        raise KernbinError(f"num_warps must be a power of two >= 1, not {nw!r}")
+    if type(spec.num_ctas) is not int or not 1 <= spec.num_ctas <= MAX_NUM_CTAS:
+        raise KernbinError(f"num_ctas must be 1..{MAX_NUM_CTAS}, not {spec.num_ctas!r}")
+    if type(spec.num_stages) is not int or spec.num_stages < 0:
+        raise KernbinError(f"num_stages must be an int >= 0, not {spec.num_stages!r}")
+    if spec.name is not None and (not isinstance(spec.name, str) or not _NAME.fullmatch(spec.name)):
+        raise KernbinError(f"kernel name {spec.name!r}: use [A-Za-z0-9_][A-Za-z0-9._-]{{0,119}} (the bundle "
+                           f"names it <name>.sm_XY)")
+    if not isinstance(spec.options, dict):
+        raise KernbinError(f"options must be a dict, not {type(spec.options).__name__}")
+    unknown = sorted(str(k) for k in spec.options if k not in _triton_options())
+    if unknown:
+        raise KernbinError(f"Triton's CUDA backend has no option {', '.join(map(repr, unknown))} "
+                           f"(it has {', '.join(sorted(_triton_options()))})")
+
+
 def _compile_one(spec: KernelSpec, cc: int):
     """Compile one specialisation for one SM; returns a :class:`~kernbin.artifact.NativeBinary`."""
     import triton
@@ -233,7 +270,13 @@ def _compile_one(spec: KernelSpec, cc: int):
     from ..artifact import BuildInfo, NativeBinary
     from ..ir import read_ir
     from . import stage
-    fn = resolve_kernel(spec.kernel)
+    check_spec(spec)
+    try:
+        fn = resolve_kernel(spec.kernel)
+    except KernbinError:
+        raise
+    except Exception as e:                      # noqa: BLE001 - importing the user's module: anything
+        raise KernbinError(f"kernel {_ref_text(spec)}: cannot load it: {type(e).__name__}: {e}") from e
     sig, consts, extra = parse_signature(fn.arg_names, spec.signature, spec.constexprs)
     src = ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=extra["attrs"])
     opts = {"num_warps": spec.num_warps, "num_stages": spec.num_stages, "num_ctas": spec.num_ctas, **spec.options}
@@ -241,7 +284,13 @@ def _compile_one(spec: KernelSpec, cc: int):
         knobs.cache.__dict__["dir"] = tmp              # a private cache: every compile runs the kernbin stage
         knobs.cache.__dict__["manager_class"] = None
         t0 = time.perf_counter()
-        k = triton.compile(src, target=GPUTarget("cuda", cc, 32), options=opts)
+        try:
+            k = triton.compile(src, target=GPUTarget("cuda", cc, 32), options=opts)
+        except KernbinError:
+            raise
+        except Exception as e:                  # noqa: BLE001 - Triton's CompilationError, AssertionError, ...
+            raise KernbinError(f"Triton could not compile {_ref_text(spec)} for sm_{cc}: "
+                               f"{type(e).__name__}: {e}") from e
         seconds = time.perf_counter() - t0
         asm = {key: k.asm[key] for key in ("ptx", "cubin", stage.STAGE)}
     md = k.metadata._asdict()
@@ -261,8 +310,8 @@ def default_name(spec: KernelSpec) -> str:
         return spec.name
     ref = spec.reference() if not isinstance(spec.kernel, str) else spec.kernel
     base = ref.rpartition(":")[2].rpartition(".")[2]
-    blob = json.dumps({k: v for k, v in spec.to_json().items() if k not in ("kernel", "name")}, sort_keys=True,
-                      default=str)
+    # the kernel itself is part of the hash: two files' add_kernel with one specialisation differ
+    blob = json.dumps({k: v for k, v in spec.to_json().items() if k != "name"}, sort_keys=True, default=str)
     return f"{base}_{hashlib.sha256(blob.encode()).hexdigest()[:8]}"
 
 
@@ -272,6 +321,7 @@ def compile(kernel, signature, constexprs=None, *, targets=("cuda:sm_90",), num_
     :class:`~kernbin.artifact.NativeBinary` per SM (Triton's cubin, its PTX as IR, the launch metadata
     in ``info.extra["triton"]``)."""
     spec = KernelSpec(kernel, signature, dict(constexprs or {}), num_warps, num_stages, num_ctas, dict(options or {}))
+    check_spec(spec)
     return [_compile_one(spec, cc) for cc in cuda_archs(targets)]
 
 
@@ -287,6 +337,8 @@ def compile_many(specs, targets, *, jobs: int | None = None, progress=None) -> d
     this process). Returns ``{name: {target: NativeBinary}}`` in the order given."""
     from ..artifact import NativeBinary
     specs = [s if isinstance(s, KernelSpec) else KernelSpec(**s) for s in specs]
+    for s in specs:
+        check_spec(s)
     archs = cuda_archs(targets)
     names = [default_name(s) for s in specs]
     if len(set(names)) != len(names):

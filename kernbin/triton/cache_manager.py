@@ -15,7 +15,11 @@ eviction, ``kernbin cache stats`` (a kernel found: one ``hits`` per file; a kern
 each member, so a group is only a hit with exactly the files it was written with.
 
 Triton opens files by path, so a verified entry is written to a private staging directory of this
-process (mode 0700, removed at exit) and that path is returned. Dump and override managers
+process (``mkdtemp``: mode 0700, removed at exit by the process that made it; a forked child makes its
+own; one that vanished or is no longer ours alone is made again, never re-created by name) and that
+path is returned. Triton's key must be ``[0-9A-Za-z_-]{1,128}`` and a file name a plain name: anything
+else is a :class:`~kernbin.errors.KernbinError` on a store and a miss on a read; an unusable
+``KERNBIN_CACHE_DIR`` is a :class:`~kernbin.errors.KernbinError` that names it. Dump and override managers
 (``TRITON_KERNEL_DUMP``, ``TRITON_KERNEL_OVERRIDE``) are directories for people to read and edit: they
 stay Triton's ``FileCacheManager``.
 """
@@ -26,7 +30,9 @@ import atexit
 import hashlib
 import json
 import os
+import re
 import shutil
+import stat
 import tempfile
 import threading
 from typing import Dict, Optional
@@ -35,23 +41,60 @@ from triton.runtime.cache import CacheManager as _TritonCacheManager
 from triton.runtime.cache import FileCacheManager
 
 from .._fs import atomic_write
+from ..errors import KernbinError
 
 __all__ = ["CacheManager", "entry_key"]
 
 _TOOLCHAIN_BACKEND = "triton-cache"
 _GROUP_PREFIX = "__grp__"
 _MAX_NAME = 255
+_KEY = re.compile(r"[0-9A-Za-z_-]{1,128}")
 _stage_root: str | None = None
+_stage_pid: int | None = None
 _stage_lock = threading.Lock()
 
 
+def _remove_staging(root: str, pid: int) -> None:
+    """atexit: only the process that made the directory removes it (a forked child inherits the hook)."""
+    if os.getpid() == pid:
+        shutil.rmtree(root, True)
+
+
+def _ours(root: str) -> bool:
+    """Whether ``root`` is still the directory mkdtemp made: a real directory (not a link), ours, 0700."""
+    try:
+        st = os.lstat(root)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and stat.S_IMODE(st.st_mode) == 0o700
+
+
 def _staging() -> str:
-    global _stage_root
+    """This process's private staging directory (made again if it vanished or was tampered with)."""
+    global _stage_root, _stage_pid
     with _stage_lock:
-        if _stage_root is None:
-            _stage_root = tempfile.mkdtemp(prefix="kernbin-triton-")        # 0700, ours alone
-            atexit.register(shutil.rmtree, _stage_root, True)
+        pid = os.getpid()
+        if _stage_root is None or _stage_pid != pid or not _ours(_stage_root):
+            root = tempfile.mkdtemp(prefix="kernbin-triton-")                # 0700, ours alone
+            atexit.register(_remove_staging, root, pid)
+            _stage_root, _stage_pid = root, pid
         return _stage_root
+
+
+def _after_fork_in_child() -> None:
+    global _stage_root, _stage_pid, _stage_lock
+    _stage_root = _stage_pid = None                 # the child makes its own at its first use
+    _stage_lock = threading.Lock()                  # another thread may have held it at the fork
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _plain_name(filename) -> bool:
+    return (isinstance(filename, str) and 0 < len(filename) <= _MAX_NAME and filename not in (".", "..")
+            and "/" not in filename and os.sep not in filename and "\0" not in filename
+            and (os.altsep is None or os.altsep not in filename))
 
 
 def _toolchain():
@@ -81,9 +124,14 @@ class CacheManager(_TritonCacheManager):
         self.key = key
         self._files = FileCacheManager(key, override=override, dump=dump) if (override or dump) else None
         if self._files is None:
+            if not isinstance(key, str) or not _KEY.fullmatch(key):
+                raise KernbinError(f"kernbin Triton cache: key {key!r} is not [0-9A-Za-z_-]{{1,128}}")
             from ..api import default_cache
-            self._cache = default_cache()
-            self._dir = os.path.join(_staging(), key)
+            try:
+                self._cache = default_cache()
+            except OSError as e:
+                raise KernbinError(f"kernbin Triton cache: the kernbin cache directory (KERNBIN_CACHE_DIR="
+                                   f"{os.environ.get('KERNBIN_CACHE_DIR', '')!r}) is unusable: {e}") from e
             self._written: dict[str, str] = {}            # filename -> sha256 of what this manager stored
 
     # -- kernbin entries ---------------------------------------------------------------------------
@@ -105,11 +153,25 @@ class CacheManager(_TritonCacheManager):
             return None                                          # a hash collision: never in practice
         return native.binary
 
+    @staticmethod
+    def _check_name(filename) -> None:
+        if not _plain_name(filename):
+            raise KernbinError(f"kernbin Triton cache: file name {filename!r} is not a plain file name")
+
+    def _key_dir(self) -> str:
+        """``<staging>/<key>``: made inside the private root (never the root itself by name)."""
+        d = os.path.join(_staging(), self.key)
+        try:
+            os.mkdir(d, 0o700)
+        except FileExistsError:
+            st = os.lstat(d)
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+                raise KernbinError(f"kernbin Triton cache: {d} is not this process's directory") from None
+        return d
+
     def _materialize(self, filename: str, data: bytes) -> str:
-        if os.sep in filename or filename in ("", ".", "..") or len(filename) > _MAX_NAME:
-            raise ValueError(f"Triton cache file name {filename!r} is not a plain file name")
-        os.makedirs(self._dir, mode=0o700, exist_ok=True)
-        path = os.path.join(self._dir, filename)
+        self._check_name(filename)
+        path = os.path.join(self._key_dir(), filename)
         atomic_write(path, data, durable=False)                  # a scratch copy: no fsync
         return path
 
@@ -118,6 +180,8 @@ class CacheManager(_TritonCacheManager):
         """The path of a verified copy of ``filename``, or None (a miss)."""
         if self._files is not None:
             return self._files.get_file(filename)
+        if not _plain_name(filename):
+            return None
         data = self._read(filename)
         return None if data is None else self._materialize(filename, data)
 
@@ -125,7 +189,10 @@ class CacheManager(_TritonCacheManager):
         """Store ``data`` as ``filename`` (in kernbin's cache, and the remote tier when configured)."""
         if self._files is not None:
             return self._files.put(data, filename, binary=binary)
-        if not isinstance(data, bytes):
+        self._check_name(filename)                               # before anything is stored
+        if isinstance(data, (bytearray, memoryview)):
+            data = bytes(data)
+        elif not isinstance(data, bytes):
             data = str(data).encode("utf-8")
         self._cache.put(entry_key(self.key, filename), self._native(filename, data))
         self._written[filename] = hashlib.sha256(data).hexdigest()
@@ -135,6 +202,9 @@ class CacheManager(_TritonCacheManager):
         """Every file of the group, verified and matching the digests the group recorded, or None."""
         if self._files is not None:
             return self._files.get_group(filename)
+        if not _plain_name(filename) or not _plain_name(_GROUP_PREFIX + filename):
+            self._cache.local.record("misses")
+            return None
         raw = self._read(_GROUP_PREFIX + filename)
         group = None
         if raw is not None:
@@ -148,6 +218,9 @@ class CacheManager(_TritonCacheManager):
             return None
         out = {}
         for child, digest in children.items():
+            if not _plain_name(child) or not isinstance(digest, str):
+                self._cache.local.record("misses")             # a group naming no plain file: a miss
+                return None
             data = self._read(child)
             if data is None or hashlib.sha256(data).hexdigest() != digest:
                 self._cache.local.record("misses")
@@ -165,7 +238,7 @@ class CacheManager(_TritonCacheManager):
             if digest is None:
                 data = self._read(child)
                 if data is None:
-                    raise RuntimeError(f"kernbin Triton cache: group {filename!r} names {child!r}, "
+                    raise KernbinError(f"kernbin Triton cache: group {filename!r} names {child!r}, "
                                        f"which was never stored")
                 digest = hashlib.sha256(data).hexdigest()
             children[child] = digest

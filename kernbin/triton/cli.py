@@ -17,7 +17,8 @@ __all__ = ["add_parser", "cmd_triton_compile"]
 def _constexpr(text: str):
     name, sep, value = text.partition("=")
     if not sep or not name.strip():
-        raise SystemExit(f"kernbin: error: --constexpr takes NAME=VALUE, not {text!r}")
+        from ..errors import KernbinError
+        raise KernbinError(f"--constexpr takes NAME=VALUE, not {text!r}")
     from ._meta import _constant
     v = _constant(value.strip())
     return name.strip(), value.strip() if v is None else v
@@ -29,7 +30,10 @@ def cmd_triton_compile(args) -> int:
     consts = dict(_constexpr(c) for c in (args.constexpr or []))
     options = {}
     for o in args.option or []:
-        k, _, v = o.partition("=")
+        k, sep, v = o.partition("=")
+        if not sep or not k.strip():
+            from ..errors import KernbinError
+            raise KernbinError(f"--option takes KEY=VALUE, not {o!r}")
         try:
             options[k.strip()] = json.loads(v)          # numbers, true/false, null
         except ValueError:

@@ -39,6 +39,11 @@ _VARIANT = re.compile(r"(.+)\.sm_(\d{2,3})([af]?)")
 _MISSING = object()
 _SLOT = 8                                         # every parameter gets its own 8-byte slot
 _SMALL_SHARED = 48 << 10
+_ADDRESS_END = 1 << 64
+_MAX_PARAMS = 4096                                # the metadata schema's bound
+_CUDA_SUCCESS, _CUDA_ERROR_INVALID_VALUE, _CUDA_ERROR_NOT_FOUND, _CUDA_ERROR_NOT_SUPPORTED = 0, 1, 500, 801
+_GRID_X_END, _GRID_YZ_END = 1 << 31, 1 << 16
+_SCRATCH_MAX = (1 << 63) - (1 << 17)              # bytes: size_t for cuMemAllocAsync, with room to align
 
 
 def load(bundle, target=None, *, trusted_keys=None, allocator=None, prepare: bool = True) -> "TritonKernels":
@@ -246,15 +251,22 @@ class TritonKernel:
                         raise SpecializationMismatch(meta.kernel, spec.name, "type", "a tensor (data_ptr()) or int",
                                                      type(v).__name__)
                     p = dp()
+                    if type(p) is not int:
+                        raise SpecializationMismatch(meta.kernel, spec.name, "type", "data_ptr() an int",
+                                                     type(p).__name__)
                     dt = getattr(v, "dtype", None)
                     if dt is not None:
                         have = TORCH_DTYPES.get(str(dt))
                         want = ty[2:] if ty[1] == "k" else ty[1:]
-                        if have is not None and have != want:
-                            raise SpecializationMismatch(meta.kernel, spec.name, "dtype", want, have)
+                        if have != want:
+                            raise SpecializationMismatch(meta.kernel, spec.name, "dtype", want,
+                                                         have if have is not None else str(dt),
+                                                         "" if have is not None else "a dtype Triton has no type for")
                     if getattr(v, "is_cuda", True) is False:
                         raise SpecializationMismatch(meta.kernel, spec.name, "device", "a CUDA tensor",
                                                      str(getattr(v, "device", "cpu")))
+                if not 0 <= p < _ADDRESS_END:
+                    raise SpecializationMismatch(meta.kernel, spec.name, "range", "an address in [0, 2**64)", p)
                 if spec.divisibility > 1 and p % spec.divisibility:
                     raise SpecializationMismatch(meta.kernel, spec.name, "divisibility",
                                                  f"address % {spec.divisibility} == 0", p % spec.divisibility,
@@ -272,12 +284,25 @@ class TritonKernel:
                                                  f"value % {spec.divisibility} == 0", v)
                 out.append(v)
             else:
+                if isinstance(v, (str, bytes, bytearray)):          # float("1.5") works; Triton takes no text
+                    raise SpecializationMismatch(meta.kernel, spec.name, "type", ty, type(v).__name__)
                 try:
                     f = float(v)
                 except (TypeError, ValueError):
                     raise SpecializationMismatch(meta.kernel, spec.name, "type", ty, type(v).__name__) from None
-                if ty == "bf16":
-                    f = struct.unpack("<I", struct.pack("<f", f))[0] >> 16      # as Triton packs it: truncated
+                except OverflowError:                               # an int beyond any double
+                    raise SpecializationMismatch(meta.kernel, spec.name, "range", f"a {ty} value",
+                                                 _plain(v)) from None
+                if ty in ("fp32", "f32", "bf16"):
+                    f = ctypes.c_float(f).value                     # C's (float)f, as Triton: inf past FLT_MAX
+                    if ty == "bf16":
+                        f = struct.unpack("<I", struct.pack("<f", f))[0] >> 16      # as Triton packs it: truncated
+                elif ty == "fp16":
+                    try:
+                        struct.pack("<e", f)
+                    except OverflowError:                           # Triton's PyFloat_Pack2 refuses it too
+                        raise SpecializationMismatch(meta.kernel, spec.name, "range", "an fp16 value (|x| <= 65504)",
+                                                     f) from None
                 out.append(f)
         return out
 
@@ -298,7 +323,12 @@ class TritonKernel:
             raise SpecializationMismatch(self.meta.kernel, None, "grid", "1-3 ints", grid) from None
         if not 1 <= len(g) <= 3 or min(g) < 0:
             raise SpecializationMismatch(self.meta.kernel, None, "grid", "1-3 non-negative ints", g)
-        return (g + (1, 1))[:3]
+        g = (g + (1, 1))[:3]
+        # what CUDA launches: x * num_ctas blocks below 2**31, y and z below 65536
+        if g[0] * self.meta.num_ctas >= _GRID_X_END or g[1] >= _GRID_YZ_END or g[2] >= _GRID_YZ_END:
+            raise SpecializationMismatch(self.meta.kernel, None, "grid",
+                                         f"x * num_ctas ({self.meta.num_ctas}) < 2**31, y and z < 65536", g)
+        return g
 
     def pack(self, *args, **kwargs) -> bytes:
         """The parameter block a launch would hand to ``cuLaunchKernel`` (scratch pointers null): for
@@ -346,6 +376,7 @@ class TritonKernel:
             meta = self._meta if self._meta is not None and chosen == self.variants[0][0] else self._meta_of(chosen)
         cu = dev.cu
         f = module.kernel(meta.kernel).handle
+        _check_params(cu, f, module, meta)           # the metadata must describe the function loaded
         A = cu.CUfunction_attribute
         if meta.shared > _SMALL_SHARED:
             optin = _check(cu.cuDeviceGetAttribute(
@@ -357,6 +388,9 @@ class TritonKernel:
                                   f"{dev.id.name} gives at most {optin}")
             _check(cu.cuFuncSetCacheConfig(f, cu.CUfunc_cache.CU_FUNC_CACHE_PREFER_SHARED), "cuFuncSetCacheConfig")
             _check(cu.cuFuncSetAttribute(f, A.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, optin - static),
+                   "cuFuncSetAttribute")
+        if meta.num_ctas == 16:                      # a non-portable cluster size: allowed as Triton's launcher does
+            _check(cu.cuFuncSetAttribute(f, A.CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED, 1),
                    "cuFuncSetAttribute")
         max_threads = _check(cu.cuFuncGetAttribute(A.CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK, f), "cuFuncGetAttribute")
         if meta.block > max_threads:
@@ -392,11 +426,11 @@ class TritonKernel:
         self._dev.current()
         scratch = []
         g_ptr = p_ptr = 0
-        if meta.global_scratch[0]:
-            g_ptr = self._scratch(meta.global_scratch, gx * gy * gz * meta.num_ctas, s, scratch)
-        if meta.profile_scratch[0]:
-            p_ptr = self._scratch(meta.profile_scratch, gx * gy * gz * meta.num_ctas, s, scratch)
         try:
+            if meta.global_scratch[0]:
+                g_ptr = self._scratch(meta.global_scratch, gx * gy * gz * meta.num_ctas, s, scratch)
+            if meta.profile_scratch[0]:
+                p_ptr = self._scratch(meta.profile_scratch, gx * gy * gz * meta.num_ctas, s, scratch)
             with self._lock:
                 struct.pack_into(self._fmt, self._buf, 0, *values, g_ptr, p_ptr)
                 if meta.num_ctas == 1 and not meta.launch_cooperative_grid and not meta.launch_pdl:
@@ -444,6 +478,9 @@ class TritonKernel:
 
     def _scratch(self, spec, programs: int, stream: int, frees: list) -> int:
         size, align = spec[0] * programs, spec[1]
+        if size > _SCRATCH_MAX:
+            raise LaunchError(f"kernel {self._meta.kernel}: {programs} programs of {spec[0]} bytes of scratch "
+                              f"each is {size} bytes, more than any device allocates")
         alloc = self.kernels._allocator
         if alloc is not None:
             obj = alloc(size, align, stream)
@@ -469,13 +506,72 @@ class TritonKernel:
 
 
 def _same(given, recorded) -> bool:
-    """Whether a value given for a specialised argument is the one it was specialised to."""
+    """Whether a value given for a specialised argument is the one it was specialised to: a number
+    (or bool, or None) must be that number; text is compared as text only with recorded text (a
+    constexpr Triton dtype is recorded as its name, ``"fp32"``), never with a number (``"64"`` is not 64)."""
     v = getattr(given, "value", given)              # tl.constexpr-like wrappers
     if isinstance(v, bool) or isinstance(recorded, bool):
         return type(v) is type(recorded) and v == recorded
-    if isinstance(v, (int, float)) and isinstance(recorded, (int, float)):
-        return v == recorded
+    if isinstance(recorded, (int, float)):
+        return isinstance(v, (int, float)) and v == recorded
+    if recorded is None:
+        return v is None
+    if isinstance(v, (int, float, bytes, bytearray)) or v is None:
+        return False
     return str(v) == str(recorded)
+
+
+def _check_params(cu, f, module, meta: LaunchMeta) -> None:
+    """The loaded function's parameters must be the metadata's, in number and size: asked of the
+    driver (``cuFuncGetParamInfo``, CUDA 12.4+: the parameter after the last must not exist); where the
+    driver cannot say, read from the cubin's ``.nv.info`` (:func:`kernbin.triton._nvinfo.kernel_info`).
+    Metadata that does not describe the code would make every launch read the wrong bytes: refused
+    (:class:`TritonMetaError`) before any launch."""
+    want = [p.size for p in meta.params]
+    got = _driver_param_sizes(cu, f, len(want))
+    where = "the driver"
+    if got is None:
+        native = getattr(module, "native", None)
+        binary = getattr(native, "binary", None)
+        if not isinstance(binary, (bytes, bytearray)) or binary[:4] != b"\x7fELF":
+            return                                   # neither the driver nor a cubin can say: nothing to compare
+        from ._nvinfo import kernel_info
+        entry = kernel_info(bytes(binary)).get(meta.kernel)
+        if entry is None:
+            raise TritonMetaError(f"the cubin describes no parameters of kernel {meta.kernel!r}", "params")
+        params = entry.get("params", [])
+        if [ordinal for ordinal, _, _ in params] != list(range(len(params))):
+            raise TritonMetaError(f"the cubin's parameters of {meta.kernel!r} are not numbered 0..n-1: {params}",
+                                  "params")
+        got, where = [size for _, _, size in params], "the cubin"
+    if got != want:
+        raise TritonMetaError(f"kernel {meta.kernel}: {where} says its parameters hold {got} bytes, the launch "
+                              f"metadata {want} ({[p.name for p in meta.params]})", "params")
+
+
+def _driver_param_sizes(cu, f, count: int):
+    """The sizes of the function's parameters as ``cuFuncGetParamInfo`` gives them (asked until it
+    says there is no such parameter, at most ``max(count + 1, 4097)`` of them); None where the driver
+    (or cuda-bindings) lacks the call."""
+    call = getattr(cu, "cuFuncGetParamInfo", None)
+    if call is None:
+        return None
+    sizes = []
+    for i in range(max(count + 1, _MAX_PARAMS + 1)):
+        try:
+            err, _, size = call(f, i)
+        except (RuntimeError, NotImplementedError, TypeError, ValueError):
+            return None                              # cuda-bindings without the driver symbol (CUDA < 12.4)
+        code = int(err)
+        if code == _CUDA_SUCCESS:
+            sizes.append(int(size))
+            continue
+        if code == _CUDA_ERROR_INVALID_VALUE:        # past the last parameter
+            return sizes
+        if i == 0 and code in (_CUDA_ERROR_NOT_SUPPORTED, _CUDA_ERROR_NOT_FOUND):
+            return None
+        raise RuntimeAPIError("cuda", "cuFuncGetParamInfo", code, getattr(err, "name", None))
+    return sizes
 
 
 def _plain(v):

@@ -81,11 +81,13 @@ def _ptxas_log():
     from triton import knobs
     buf: list[str] = []
     with _lock:
-        was_on = bool(knobs.nvidia.dump_ptxas_log)
         if _capture is None:
-            _saved.append(knobs.nvidia.__dict__.get("dump_ptxas_log", _UNSET))
+            # whether the user asked for the log: read before kernbin turns the knob on, kept for every
+            # thread capturing meanwhile (the knob they would read now is kernbin's, not the user's)
+            _saved.append((knobs.nvidia.__dict__.get("dump_ptxas_log", _UNSET), bool(knobs.nvidia.dump_ptxas_log)))
             _capture = _Capture(sys.stdout)
             sys.stdout = _capture
+        was_on = _saved[-1][1]
         _capture.buffers[threading.get_ident()] = (buf, was_on)
         _capturing += 1
         knobs.nvidia.__dict__["dump_ptxas_log"] = True      # not through the knob: it would set the env var
@@ -99,7 +101,7 @@ def _ptxas_log():
                 if sys.stdout is _capture:
                     sys.stdout = _capture.real
                 _capture = None
-                old = _saved.pop() if _saved else _UNSET
+                old = _saved.pop()[0] if _saved else _UNSET
                 if old is _UNSET:
                     knobs.nvidia.__dict__.pop("dump_ptxas_log", None)
                 else:

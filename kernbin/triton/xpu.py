@@ -24,10 +24,12 @@ launcher) would remove the need to wrap.
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 import os
 import subprocess
 import sys
+import tempfile
 
 from ..errors import KernbinError, RuntimeNotFound
 
@@ -59,15 +61,65 @@ def spirv_from_triton_xpu(jobs: list[dict], *, target: dict | None = None, warp_
     env.setdefault("CC", "g++")               # triton-xpu's SYCL helper is C++
     env.pop("PYTHONPATH", None)               # never this environment's packages (its triton is upstream's)
     req = {"jobs": jobs, "target": target or PVC, "warp_size": warp_size}
-    p = subprocess.run([_python(python), worker], input=json.dumps(req).encode(), capture_output=True,
-                       timeout=timeout, env=env)
-    if p.returncode != 0:
-        tail = p.stderr.decode("utf-8", "replace").strip().splitlines()[-15:]
-        raise KernbinError("triton-xpu failed:\n" + "\n".join(tail))
-    out = json.loads(p.stdout.decode().strip().splitlines()[-1])
-    for r in out["results"]:
-        r["spv"] = base64.b64decode(r["spv"])
-    return out["triton"], out["results"]
+    py = _python(python)
+    # the worker's output goes to files, read back bounded: a runaway worker cannot fill this memory
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        try:
+            p = subprocess.run([py, worker], input=json.dumps(req).encode(), stdout=out, stderr=err,
+                               timeout=timeout, env=env)
+        except subprocess.TimeoutExpired:
+            raise KernbinError(f"triton-xpu ({py}) did not finish within {timeout} s") from None
+        except (OSError, ValueError) as e:
+            raise KernbinError(f"triton-xpu: cannot run {py}: {e}") from e
+        if p.returncode != 0:
+            err.seek(max(os.fstat(err.fileno()).st_size - 16384, 0))
+            tail = err.read().decode("utf-8", "replace").strip().splitlines()[-15:]
+            raise KernbinError("triton-xpu failed:\n" + "\n".join(tail))
+        size = os.fstat(out.fileno()).st_size
+        if size > MAX_WORKER_OUTPUT:
+            raise KernbinError(f"triton-xpu printed {size} bytes, more than {MAX_WORKER_OUTPUT}")
+        out.seek(0)
+        stdout = out.read()
+    return _parse_worker_output(stdout, len(jobs))
+
+
+#: the most the worker may print (its SPIR-V, base64): beyond it the output is refused unread
+MAX_WORKER_OUTPUT = 256 << 20
+
+
+def _parse_worker_output(stdout: bytes, count: int) -> tuple[str, list[dict]]:
+    """The worker's last line: ``{"triton": version, "results": [one per job: {"spv": base64, ...}]}``;
+    anything else is a :class:`KernbinError` saying what was wrong."""
+    if len(stdout) > MAX_WORKER_OUTPUT:
+        raise KernbinError(f"triton-xpu printed {len(stdout)} bytes, more than {MAX_WORKER_OUTPUT}")
+    try:
+        lines = stdout.decode("utf-8").strip().splitlines()
+        if not lines:
+            raise ValueError("no output")
+        out = json.loads(lines[-1])
+        if not isinstance(out, dict) or not isinstance(out.get("triton"), str):
+            raise ValueError("not an object with a 'triton' version")
+        results = out["results"]
+        if not isinstance(results, list) or len(results) != count:
+            raise ValueError(f"'results' is not a list of {count}")
+        for r in results:
+            if not isinstance(r, dict) or not isinstance(r.get("spv"), str):
+                raise ValueError("a result without 'spv' text")
+            r["spv"] = base64.b64decode(r["spv"], validate=True)
+            if not r["spv"]:
+                raise ValueError("an empty SPIR-V module")
+            for key, kind in (("metadata", dict), ("arg_names", list), ("signature", dict), ("constexprs", dict),
+                              ("attrs", list), ("equal_to_1", dict)):
+                if key in r and not isinstance(r[key], kind):
+                    raise ValueError(f"a result's {key!r} is not a {kind.__name__}")
+            if not all(isinstance(n, str) for n in r.get("arg_names", ())) or \
+                    not all(isinstance(a, list) and len(a) == 2 for a in r.get("attrs", ())):
+                raise ValueError("a result's 'arg_names' or 'attrs' are malformed")
+    except (ValueError, KeyError, TypeError, IndexError, binascii.Error) as e:
+        head = stdout[-200:].decode("utf-8", "replace")
+        raise KernbinError(f"triton-xpu's worker printed no valid result ({type(e).__name__}: {e}); "
+                           f"its output ended with {head!r}") from e
+    return out["triton"], results
 
 
 def _launch_meta(version: str, r: dict) -> dict:
