@@ -21,6 +21,9 @@ own cache (``TRITON_CACHE_DIR`` in --work) is warmed by JIT-calling every kernel
 (b) N distinct specialisations (``add_scaled_kernel`` with N different ``SCALE`` constexprs: N cubins),
     each readied and launched once (into its own output row) in a fresh process, the same three paths;
     the time after each path's imports (and device set-up) is reported too: ``loop``.
+(c) Steady-state launch: the one kernel launched 2000 times after 100 warm-up launches in one process per
+    path (kernbin's launcher, Triton's own, and ``cuLaunchKernel`` with prebuilt parameters): host time per
+    launch.
 Targets (issue #11): (a) kernbin <= 0.15 s and >= 5x faster than Triton warm; (b) kernbin <= raw and
 >= 30x faster than Triton warm. Needs a CUDA GPU, PyTorch, Triton and cuda-bindings.
 """
@@ -121,6 +124,56 @@ for i, path in enumerate(files):
     assert int(err) == 0, err
     keep.append((mod, vals, params))
 """
+
+
+# (c) steady-state launch cost: the same kernel launched L times after 100 warm-up launches, host time
+# per launch (the kernel is tiny: enqueueing, not the GPU, bounds the loop)
+_LAUNCH_KERNBIN = r"""
+sys.modules["triton"] = None
+import kernbin.triton as kt
+k = kt.load(cfg["bundle"])["add"]
+grid = ((n + 1023) // 1024,)
+for _ in range(100):
+    k[grid](x, y, outs[0], n)
+torch.cuda.synchronize()
+t_loop = time.perf_counter()
+for _ in range(cfg["launches"]):
+    k[grid](x, y, outs[0], n)
+"""
+
+_LAUNCH_TRITON = r"""
+import triton
+from kernbin.samples import triton_kernels as tk
+grid = ((n + 1023) // 1024,)
+for _ in range(100):
+    tk.add_kernel[grid](x, y, outs[0], n, BLOCK=1024)
+torch.cuda.synchronize()
+t_loop = time.perf_counter()
+for _ in range(cfg["launches"]):
+    tk.add_kernel[grid](x, y, outs[0], n, BLOCK=1024)
+"""
+
+_LAUNCH_RAW = r"""
+import ctypes
+from cuda.bindings import driver as cu
+cu.cuInit(0)
+with open(cfg["raw_one"], "rb") as f:
+    err, mod = cu.cuModuleLoadData(f.read())
+err, fn = cu.cuModuleGetFunction(mod, cfg["kernel"].encode())
+stream = torch.cuda.current_stream().cuda_stream
+vals = [ctypes.c_uint64(x.data_ptr()), ctypes.c_uint64(y.data_ptr()), ctypes.c_uint64(outs[0].data_ptr()),
+        ctypes.c_int32(n), ctypes.c_uint64(0), ctypes.c_uint64(0)]
+params = (ctypes.c_void_p * len(vals))(*[ctypes.addressof(v) for v in vals])
+addr, grid, block = ctypes.addressof(params), (n + 1023) // 1024, cfg["block"]
+for _ in range(100):
+    cu.cuLaunchKernel(fn, grid, 1, 1, block, 1, 1, 0, stream, addr, 0)
+torch.cuda.synchronize()
+t_loop = time.perf_counter()
+for _ in range(cfg["launches"]):
+    cu.cuLaunchKernel(fn, grid, 1, 1, block, 1, 1, 0, stream, addr, 0)
+"""
+
+LAUNCHES = 2000
 
 
 def _spawn(body: str, cfg: dict, env: dict) -> dict:
@@ -238,6 +291,15 @@ def main(argv=None) -> int:
             order = order[r % 3:] + order[:r % 3]                   # each path takes a turn at first
             for mode, body in order:
                 runs[N][mode].append(_spawn(body, cfg, env))
+    launch_runs = {m: [] for m in ("kernbin", "triton", "raw")}
+    for r in range(args.repeat):
+        cfg = {"n": N_ELEMS, "N": 0, "seed": 2000 + r, "bundle": st["bundles"][0], "raw_one": st["raw_one"],
+               "kernel": st["kernel"], "block": st["block"], "launches": LAUNCHES}
+        for mode, body in (("kernbin", _LAUNCH_KERNBIN), ("triton", _LAUNCH_TRITON), ("raw", _LAUNCH_RAW)):
+            launch_runs[mode].append(_spawn(body, cfg, env))
+    report["c"] = {m: {"us_per_launch": _med(v, "loop") / LAUNCHES * 1e6, "correct": all(x["ok"] for x in v),
+                       "runs": v} for m, v in launch_runs.items()}
+    report["c"]["kernbin_over_triton"] = report["c"]["kernbin"]["us_per_launch"] / report["c"]["triton"]["us_per_launch"]
     for N in cases:
         row = {m: {"total_s": _med(v), "loop_s": _med(v, "loop"), "correct": all(x["ok"] for x in v),
                    "runs": v} for m, v in runs[N].items()}
@@ -270,6 +332,11 @@ def main(argv=None) -> int:
         print(f"{'':>14s} Triton/kernbin {row['triton_over_kernbin']:.1f}x (after imports "
               f"{row['triton_loop_over_kernbin_loop']:.1f}x), kernbin/raw {row['kernbin_over_raw']:.2f}x "
               f"(after imports {row['kernbin_loop_over_raw_loop']:.2f}x); targets {row['targets']}")
+    c = report["c"]
+    print(f"steady launch, host time per call ({LAUNCHES} launches after 100, median of {args.repeat}): "
+          + ", ".join(f"{m} {c[m]['us_per_launch']:.1f} us" for m in ("kernbin", "triton", "raw"))
+          + f" (kernbin/Triton {c['kernbin_over_triton']:.2f}x; correct: "
+          + str(all(c[m]["correct"] for m in ("kernbin", "triton", "raw"))) + ")")
     return 0
 
 
