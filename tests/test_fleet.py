@@ -684,3 +684,17 @@ def test_a_non_ascii_host_name_holds_leases_like_any_other(redis_server, monkeyp
     payload = f"{int((time.time() + 5) * 1000)} 30000 b\u00fcild:1:aa".encode()
     value = b"KBL1" + store._lease_sig(key, payload) + payload
     assert store.read_lease(key, value, 30)[0] == "b\u00fcild:1:aa"
+
+
+def test_a_signed_lease_with_a_huge_number_is_malformed_not_a_crash():
+    """Found by tools/fuzz.py (target ``lease``): an expiry too large for a float raised OverflowError
+    from read_lease; a signed value is still only data."""
+    from kernbin.cache.remote import RejectedEntry, RemoteStore
+    store = RemoteStore.__new__(RemoteStore)
+    store.hmac_key = HMAC_KEY
+    key = "cd" * 32
+    for payload in (b"9" * 400 + b" 10000 h", b"1 " + b"9" * 400 + b" h", b"-" + b"9" * 400 + b" h"):
+        value = b"KBL1" + store._lease_sig(key, payload) + payload
+        with pytest.raises(RejectedEntry) as e:
+            store.read_lease(key, value, 10)
+        assert e.value.rule in ("lease-format", "lease-expired")

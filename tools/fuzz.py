@@ -77,7 +77,8 @@ _SHM_HEAD = 64
 _SHM_SIZE = _SHM_HEAD + MAX_INPUT
 
 ACCEPTED, REJECTED, OTHER = "accepted", "rejected", "other"
-KINDS = ("spirv", "ptx", "knb", "zebin", "fat", "ocl", "cubin", "fatbin", "kbin")
+FILE_KINDS = ("spirv", "ptx", "knb", "zebin", "fat", "ocl", "cubin", "fatbin", "kbin")     # what `inspect` reads
+KINDS = FILE_KINDS + ("lease", "tmeta")
 
 
 # =============================================================================================
@@ -104,9 +105,20 @@ def collect_seeds(log=_log, builds: bool = True, samples=_BUILD_SAMPLES) -> dict
     for kind, p in files:
         with open(p, "rb") as f:
             seeds[kind].append((os.path.relpath(p, ROOT), f.read()))
+    # lease payloads as a holder writes them ("NOW": the run puts the current time there, then signs)
+    seeds["lease"] += [("lease:new", b"NOW 10000 host-1234-0f3a9c"), ("lease:old", b"NOW host-77-ab")]
     if not builds:
         return seeds
     import kernbin
+    try:                                            # Triton launch metadata, as a bundle entry holds it
+        import kernbin.triton as kt
+        from kernbin.samples import triton_kernels as tk
+        for name, (fn, sig, consts, warps) in tk.SPECS.items():
+            nb = kt.compile(fn, sig, consts, targets=("cuda:sm_90",), num_warps=warps)[0]
+            meta = nb.info.extra["triton"]
+            seeds["tmeta"].append((f"triton:{name}", meta.encode() if isinstance(meta, str) else meta))
+    except Exception as e:                          # no Triton here: no seeds of this kind
+        log(f"fuzz: no Triton metadata seeds ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
     from kernbin.formats import cubin, zebin
     for target, ext in _BUILDS:
         for sample in samples:
@@ -408,7 +420,10 @@ _SPIRV_TOKENS = (struct.pack("<I", 0x07230203), struct.pack(">I", 0x07230203), s
                  struct.pack("<I", 6), b"main\0\0\0\0", b"\xff\xff\xff\xff", b"\0\0\0\0")
 _TOKENS = {"zebin": _ELF_TOKENS + _YAML_TOKENS, "ocl": _ELF_TOKENS, "cubin": _ELF_TOKENS,
            "fat": _AR_TOKENS + _ELF_TOKENS, "fatbin": _FATBIN_TOKENS + _ELF_TOKENS, "ptx": _PTX_TOKENS,
-           "spirv": _SPIRV_TOKENS, "knb": _JSON_TOKENS + _ELF_TOKENS}
+           "spirv": _SPIRV_TOKENS, "knb": _JSON_TOKENS + _ELF_TOKENS,
+           "lease": (b" ", b"NOW", b"-1", b"0", b"9" * 30, b"1e3", b"\xff", b"\0", b"\xc3\xa9", b"host-1-a"),
+           "tmeta": _JSON_TOKENS + (b'"params"', b'"args"', b'"appended"', b'"*i8"', b'"*fp32"', b'"fp16"',
+                                    b'"i32"', b'"u64"', b'"type"', b'"size"', b'"specialised"', b'"constexpr"')}
 _JSON_RAW = ("NaN", "Infinity", "-Infinity", "1e400", "-1e400", "1" + "0" * 5000, "1.5", "-0", "01", "1.0",
              '"\\ud800"', '"\\udfff\\ud800"', '"\\u0000"', "true", '{"a":1,"a":2}', "18446744073709551616",
              "-9223372036854775809", "9223372036854775807", '"' + "\\\\" * 3 + '"', "[" * 64 + "]" * 64,
@@ -763,6 +778,19 @@ def s_knb_meta(rng, seed, pool):
     return _repack(rng, seed, meta, info["sections"], raw=raw)
 
 
+def s_tmeta_tree(rng, seed, pool):
+    """Triton launch metadata with its JSON tree mutated (names, types, sizes, lists), re-serialised."""
+    try:
+        doc = json.loads(seed.data)
+    except ValueError:
+        return None
+    raw = _Raw(_JSON_RAW)
+    for _ in range(rng.randint(1, 3)):
+        doc = mutate_tree(rng, doc, _STRINGS + ["*i8", "*fp32", "fp16", "i32", "u64", "appended", "constexpr",
+                                                "global_scratch", "profile_scratch"], raw)
+    return _dump_json(rng, doc, raw)
+
+
 def s_knb_payload(rng, seed, pool):
     """A mutated native binary or IR, re-packed with correct digests (and, mostly, a matching ir_sha256)."""
     info = seed.info
@@ -1080,7 +1108,7 @@ def s_ptx_lines(rng, seed, pool):
     return b"\n".join(lines)[:MAX_INPUT]
 
 
-_STRUCTURAL = {"knb": (s_knb_meta, s_knb_meta, s_knb_payload, s_knb_payload, s_knb_sections, s_knb_doc,
+_STRUCTURAL = {"tmeta": (s_tmeta_tree,), "knb": (s_knb_meta, s_knb_meta, s_knb_payload, s_knb_payload, s_knb_sections, s_knb_doc,
                        s_knb_doc, s_knb_text),
                "zebin": (s_zebin_yaml, s_zebin_yaml, s_zebin_yaml, s_elf_inflate), "ocl": (s_elf_inflate,),
                "cubin": (s_elf_inflate,), "fat": (s_ar_rebuild,), "fatbin": (s_fatbin_rebuild,),
@@ -1293,6 +1321,42 @@ def _run_fatbin(data, seed, ctx):
     return fatbin_members(data)
 
 
+_LEASE_KEY = "ab" * 32
+
+
+def _run_lease(data, seed, ctx):
+    """A lease payload signed with the fleet's key (so the HMAC passes and the parser is reached)."""
+    from kernbin.cache.remote import RemoteStore
+    store = RemoteStore.__new__(RemoteStore)
+    store.hmac_key = b"fuzz-key"
+    payload = data.replace(b"NOW", str(int(time.time() * 1000)).encode(), 1)
+    from kernbin.cache.remote import _LEASE_MAGIC
+    return store.read_lease(_LEASE_KEY, _LEASE_MAGIC + store._lease_sig(_LEASE_KEY, payload) + payload, 10.0)
+
+
+def _run_tmeta(data, seed, ctx):
+    """Triton launch metadata: validated, then a parameter block packed from it (no device)."""
+    from kernbin.triton._meta import LaunchMeta
+    from kernbin.triton.launcher import TritonKernel
+    meta = LaunchMeta.from_json(data)
+    k = TritonKernel.__new__(TritonKernel)
+    k._set_meta(meta)
+    args = [None if a.specialised else (16 << 8 if a.is_pointer else 1.0 if a.type.startswith(("fp", "bf"))
+                                        else 16) for a in meta.args]
+    while args and args[-1] is None:
+        args.pop()
+    if None in args:                      # a specialised argument between runtime ones: give it by name
+        kw = {a.name: 16 << 8 if a.is_pointer else 16 for a, v in zip(meta.args, args) if v is not None}
+        return meta, k.pack(**kw)
+    return meta, k.pack(*args)
+
+
+def _check_tmeta(result, data, seed, ctx):
+    meta, block = result
+    if len(block) != 8 * max(len(meta.params), 1):
+        raise Invariant(f"packed {len(block)} bytes for {len(meta.params)} parameters")
+
+
 def _run_inspect(data, seed, ctx):
     from kernbin.inspect import describe_bytes
     return describe_bytes(data)
@@ -1315,7 +1379,10 @@ TARGETS = {t.name: t for t in (
     Target("cubin", ("cubin",), _run_cubin, "kernbin.formats.cubin.cubin_kernels + cubin_sm"),
     Target("fatbin", ("fatbin",), _run_fatbin, "kernbin.formats.cubin.fatbin_members"),
     Target("bundle", ("kbin",), _run_bundle, "kernbin.open_bundle + every entry, blob and IR, then verify()"),
-    Target("inspect", KINDS, _run_inspect, "kernbin.inspect.describe_bytes on any seed (output must be JSON-able)",
+    Target("lease", ("lease",), _run_lease, "kernbin.cache.remote.RemoteStore.read_lease of a signed lease value"),
+    Target("triton-meta", ("tmeta",), _run_tmeta,
+           "kernbin.triton LaunchMeta.from_json, then TritonKernel.pack (no device)", _check_tmeta),
+    Target("inspect", FILE_KINDS, _run_inspect, "kernbin.inspect.describe_bytes on any seed (output must be JSON-able)",
            _check_json),
 )}
 

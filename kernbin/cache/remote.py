@@ -312,7 +312,7 @@ class RemoteStore:
                 ttl, holder = min(max(int(parts[1]) / 1000, LEASE_TTL_MIN), LEASE_TTL_MAX), parts[2]
             else:                           # "<expiry> <holder>": written by an older kernbin
                 holder = payload.decode("utf-8", "replace").split(" ", 1)[1]
-        except (ValueError, IndexError):
+        except (ValueError, IndexError, OverflowError):     # (a huge number: int / 1000 overflows)
             raise RejectedEntry("lease-format", "lease value: malformed payload") from None
         now = time.time()
         if not now - ttl <= expiry <= now + max(10 * ttl, 300.0):

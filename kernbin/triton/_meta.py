@@ -218,7 +218,7 @@ class LaunchMeta:
                 j = msgspec.convert(obj, _MetaJSON)
             else:
                 raise TritonMetaError("not an object")
-        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as e:
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError, ValueError) as e:   # UnicodeDecodeError too
             text = str(e)
             field = next((f for f in ("format", "kernel", "num_warps", "threads_per_warp", "cluster_dims", "args",
                                       "params", "shared", "num_ctas", "global_scratch", "profile_scratch")
