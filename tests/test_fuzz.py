@@ -100,7 +100,8 @@ def test_mutated_inputs_parse_or_raise_kernbin_error(name, raw_seeds, tmp_path, 
         assert seen[fuzz.ACCEPTED] > 0            # ...and do not only break them
 
 
-@pytest.mark.parametrize("name", ["knb", "container", "spirv", "ptx", "ar", "cubin", "fatbin", "inspect", "lease", "triton-meta"])
+@pytest.mark.parametrize("name", ["knb", "container", "spirv", "ptx", "ar", "cubin", "fatbin", "inspect", "lease",
+                                  "triton-meta", "xpu-output"])
 @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
 @given(data=st.data())
 def test_hypothesis_mutations(name, raw_seeds, tmp_path, alarm, data):

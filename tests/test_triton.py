@@ -756,9 +756,11 @@ def test_xpu_worker_output_errors_are_kernbin_errors(tmp_path, monkeypatch):
     import base64
 
     from kernbin.triton import xpu
-    good = json.dumps({"triton": "3.3", "results": [{"spv": base64.b64encode(b"\x03\x02\x23\x07").decode()}]})
-    assert xpu.spirv_from_triton_xpu([{}], python=_worker(tmp_path, "good", f"echo '{good}'")) == \
-        ("3.3", [{"spv": b"\x03\x02\x23\x07"}])
+    result = {"spv": base64.b64encode(b"\x03\x02\x23\x07").decode(), "metadata": {"name": "k"}, "arg_names": [],
+              "signature": {}, "constexprs": {}, "attrs": [], "equal_to_1": {}}
+    good = json.dumps({"triton": "3.3", "results": [result]})
+    version, results = xpu.spirv_from_triton_xpu([{}], python=_worker(tmp_path, "good", f"echo '{good}'"))
+    assert version == "3.3" and results[0]["spv"] == b"\x03\x02\x23\x07" and results[0]["launch"]["kernel"] == "k"
     for name, body in [("empty", "true"), ("garbage", "echo hello"), ("nonutf8", "printf '\\377\\n'"),
                        ("list", "echo '[1]'"), ("noresults", "echo '{\"triton\": \"x\"}'"),
                        ("badb64", """echo '{"triton":"x","results":[{"spv":"@@@"}]}'"""),
@@ -801,3 +803,21 @@ def test_cli_and_compile_errors_are_kernbin_errors(tmp_path, capsys):
     a = KernelSpec("a.py:add_kernel", sig, {"BLOCK": 64})
     b = KernelSpec("b.py:add_kernel", sig, {"BLOCK": 64})
     assert default_name(a) != default_name(b) and default_name(a).startswith("add_kernel_")
+
+
+def test_xpu_worker_output_deep_or_huge_values_are_kernbin_errors():
+    """Found by tools/fuzz.py (target ``xpu-output``): a deeply nested line (RecursionError from json)
+    and an attribute index of 1e400 (OverflowError) escaped; a result without 'signature' crashed
+    later in the launch metadata (KeyError)."""
+    from kernbin.triton.xpu import _parse_worker_output
+    import base64
+    good = {"spv": base64.b64encode(b"\x03\x02\x23\x07" + b"\0" * 16).decode(), "metadata": {"name": "k"},
+            "arg_names": ["x"], "signature": {"x": "*fp32"}, "constexprs": {}, "attrs": [[0, 16]], "equal_to_1": {}}
+    lines = [b"[" * 100000 + b"]" * 100000,
+             json.dumps({"triton": "3", "results": [{**good, "attrs": [[1e300 * 1e300, 16]]}]}).encode(),
+             json.dumps({"triton": "3", "results": [{k: v for k, v in good.items() if k != "signature"}]}).encode()]
+    for line in lines:
+        with pytest.raises(kernbin.KernbinError):
+            _parse_worker_output(line + b"\n", 1)
+    version, results = _parse_worker_output(json.dumps({"triton": "3", "results": [good]}).encode(), 1)
+    assert version == "3" and results[0]["launch"]["args"][0]["divisibility"] == 16

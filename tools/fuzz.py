@@ -78,7 +78,7 @@ _SHM_SIZE = _SHM_HEAD + MAX_INPUT
 
 ACCEPTED, REJECTED, OTHER = "accepted", "rejected", "other"
 FILE_KINDS = ("spirv", "ptx", "knb", "zebin", "fat", "ocl", "cubin", "fatbin", "kbin")     # what `inspect` reads
-KINDS = FILE_KINDS + ("lease", "tmeta")
+KINDS = FILE_KINDS + ("lease", "tmeta", "xpuout")
 
 
 # =============================================================================================
@@ -105,6 +105,17 @@ def collect_seeds(log=_log, builds: bool = True, samples=_BUILD_SAMPLES) -> dict
     for kind, p in files:
         with open(p, "rb") as f:
             seeds[kind].append((os.path.relpath(p, ROOT), f.read()))
+    # what kernbin.triton.xpu's worker prints: one job, the committed triton-xpu vector add
+    import base64
+    with open(os.path.join(ROOT, "tests", "data", "triton", "triton_add.spv"), "rb") as f:
+        spv = f.read()
+    with open(os.path.join(ROOT, "tests", "data", "triton", "triton_add.json")) as f:
+        md = json.load(f)
+    out = {"triton": md.get("triton", "3.3.0b1"), "results": [{
+        "spv": base64.b64encode(spv).decode(), "metadata": md, "arg_names": ["x_ptr", "y_ptr", "out_ptr", "n", "BLOCK"],
+        "signature": {"x_ptr": "*fp32", "y_ptr": "*fp32", "out_ptr": "*fp32", "n": "i32", "BLOCK": "constexpr"},
+        "constexprs": {"BLOCK": 1024}, "attrs": [[0, 16], [1, 16], [2, 16]], "equal_to_1": {}}]}
+    seeds["xpuout"].append(("xpu-worker:add", b"compiling...\n" + json.dumps(out).encode() + b"\n"))
     # lease payloads as a holder writes them ("NOW": the run puts the current time there, then signs)
     seeds["lease"] += [("lease:new", b"NOW 10000 host-1234-0f3a9c"), ("lease:old", b"NOW host-77-ab")]
     if not builds:
@@ -422,6 +433,7 @@ _TOKENS = {"zebin": _ELF_TOKENS + _YAML_TOKENS, "ocl": _ELF_TOKENS, "cubin": _EL
            "fat": _AR_TOKENS + _ELF_TOKENS, "fatbin": _FATBIN_TOKENS + _ELF_TOKENS, "ptx": _PTX_TOKENS,
            "spirv": _SPIRV_TOKENS, "knb": _JSON_TOKENS + _ELF_TOKENS,
            "lease": (b" ", b"NOW", b"-1", b"0", b"9" * 30, b"1e3", b"\xff", b"\0", b"\xc3\xa9", b"host-1-a"),
+           "xpuout": _JSON_TOKENS + (b'"results"', b'"spv"', b'"attrs"', b'"signature"', b"\n", b"==", b"AAAA"),
            "tmeta": _JSON_TOKENS + (b'"params"', b'"args"', b'"appended"', b'"*i8"', b'"*fp32"', b'"fp16"',
                                     b'"i32"', b'"u64"', b'"type"', b'"size"', b'"specialised"', b'"constexpr"')}
 _JSON_RAW = ("NaN", "Infinity", "-Infinity", "1e400", "-1e400", "1" + "0" * 5000, "1.5", "-0", "01", "1.0",
@@ -791,6 +803,18 @@ def s_tmeta_tree(rng, seed, pool):
     return _dump_json(rng, doc, raw)
 
 
+def s_xpuout_tree(rng, seed, pool):
+    """The worker's JSON line with its tree mutated, printed after a line of noise."""
+    try:
+        doc = json.loads(seed.data.splitlines()[-1])
+    except (ValueError, IndexError):
+        return None
+    raw = _Raw(_JSON_RAW)
+    for _ in range(rng.randint(1, 3)):
+        doc = mutate_tree(rng, doc, _STRINGS + ["constexpr", "*fp32", "i32", "x_ptr", "n", "BLOCK"], raw)
+    return b"noise\n" + _dump_json(rng, doc, raw) + b"\n"
+
+
 def s_knb_payload(rng, seed, pool):
     """A mutated native binary or IR, re-packed with correct digests (and, mostly, a matching ir_sha256)."""
     info = seed.info
@@ -1108,7 +1132,7 @@ def s_ptx_lines(rng, seed, pool):
     return b"\n".join(lines)[:MAX_INPUT]
 
 
-_STRUCTURAL = {"tmeta": (s_tmeta_tree,), "knb": (s_knb_meta, s_knb_meta, s_knb_payload, s_knb_payload, s_knb_sections, s_knb_doc,
+_STRUCTURAL = {"tmeta": (s_tmeta_tree,), "xpuout": (s_xpuout_tree,), "knb": (s_knb_meta, s_knb_meta, s_knb_payload, s_knb_payload, s_knb_sections, s_knb_doc,
                        s_knb_doc, s_knb_text),
                "zebin": (s_zebin_yaml, s_zebin_yaml, s_zebin_yaml, s_elf_inflate), "ocl": (s_elf_inflate,),
                "cubin": (s_elf_inflate,), "fat": (s_ar_rebuild,), "fatbin": (s_fatbin_rebuild,),
@@ -1351,6 +1375,11 @@ def _run_tmeta(data, seed, ctx):
     return meta, k.pack(*args)
 
 
+def _run_xpuout(data, seed, ctx):
+    from kernbin.triton.xpu import _parse_worker_output
+    return _parse_worker_output(data, 1)
+
+
 def _check_tmeta(result, data, seed, ctx):
     meta, block = result
     if len(block) != 8 * max(len(meta.params), 1):
@@ -1382,6 +1411,8 @@ TARGETS = {t.name: t for t in (
     Target("lease", ("lease",), _run_lease, "kernbin.cache.remote.RemoteStore.read_lease of a signed lease value"),
     Target("triton-meta", ("tmeta",), _run_tmeta,
            "kernbin.triton LaunchMeta.from_json, then TritonKernel.pack (no device)", _check_tmeta),
+    Target("xpu-output", ("xpuout",), _run_xpuout,
+           "kernbin.triton.xpu._parse_worker_output (+ the launch metadata) of a triton-xpu worker's stdout"),
     Target("inspect", FILE_KINDS, _run_inspect, "kernbin.inspect.describe_bytes on any seed (output must be JSON-able)",
            _check_json),
 )}

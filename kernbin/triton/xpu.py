@@ -110,12 +110,13 @@ def _parse_worker_output(stdout: bytes, count: int) -> tuple[str, list[dict]]:
                 raise ValueError("an empty SPIR-V module")
             for key, kind in (("metadata", dict), ("arg_names", list), ("signature", dict), ("constexprs", dict),
                               ("attrs", list), ("equal_to_1", dict)):
-                if key in r and not isinstance(r[key], kind):
-                    raise ValueError(f"a result's {key!r} is not a {kind.__name__}")
+                if not isinstance(r.get(key), kind):
+                    raise ValueError(f"a result's {key!r} is missing or not a {kind.__name__}")
+            r["launch"] = _launch_meta(out["triton"], r)
             if not all(isinstance(n, str) for n in r.get("arg_names", ())) or \
                     not all(isinstance(a, list) and len(a) == 2 for a in r.get("attrs", ())):
                 raise ValueError("a result's 'arg_names' or 'attrs' are malformed")
-    except (ValueError, KeyError, TypeError, IndexError, binascii.Error) as e:
+    except (ValueError, KeyError, TypeError, IndexError, OverflowError, RecursionError, binascii.Error) as e:
         head = stdout[-200:].decode("utf-8", "replace")
         raise KernbinError(f"triton-xpu's worker printed no valid result ({type(e).__name__}: {e}); "
                            f"its output ended with {head!r}") from e
@@ -123,6 +124,8 @@ def _parse_worker_output(stdout: bytes, count: int) -> tuple[str, list[dict]]:
 
 
 def _launch_meta(version: str, r: dict) -> dict:
+    """Launch metadata (the shape ``LaunchMeta`` reads) from one worker result; malformed parts raise
+    ValueError / KeyError / TypeError (turned into a KernbinError by the caller)."""
     md = r["metadata"]
     attrs = {int(i) for i, _ in r["attrs"]}
     args = []
@@ -152,7 +155,7 @@ def build_xpu(kernel: str, signature, constexprs=None, *, targets=("ocloc:pvc",)
         [{"kernel": os.path.abspath(kernel.rpartition(":")[0]) + ":" + kernel.rpartition(":")[2],
           "signature": signature, "constexprs": dict(constexprs or {}),
           "options": {"num_warps": num_warps, **(options or {})}}], target=target, python=python)
-    return [build_spirv(r["spv"], t, _launch_meta(version, r), grf=grf) for r in results for t in targets]
+    return [build_spirv(r["spv"], t, r["launch"], grf=grf) for r in results for t in targets]
 
 
 def build_spirv(spv: bytes, target: str, launch_meta: dict | None = None, *, grf: str = "auto"):
