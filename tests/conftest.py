@@ -1,4 +1,5 @@
 import os
+import struct
 import subprocess
 import sys
 import tempfile
@@ -101,3 +102,22 @@ def reload_samples_in_fresh_process(natives: dict, target: str, tmp_path) -> dic
                        cwd=ROOT, timeout=300)
     assert p.returncode == 0, p.stderr
     return json.loads(p.stdout.splitlines()[-1])
+
+
+def spirv_igc_refuses() -> bytes:
+    """The vadd sample with the first instruction after its OpLabel turned into an unknown opcode:
+    it reads as SPIR-V, and IGC refuses it with a build log."""
+    from kernbin.samples import SAMPLES
+    with open(SAMPLES["vadd"].spv, "rb") as f:
+        data = f.read()
+    words = list(struct.unpack(f"<{len(data) // 4}I", data))
+    i, label = 5, None
+    while i < len(words):
+        wc, op = words[i] >> 16, words[i] & 0xFFFF
+        if label is not None:
+            words[i] = (wc << 16) | 0x7FFF
+            break
+        if op == 248:                       # OpLabel
+            label = i
+        i += wc
+    return struct.pack(f"<{len(words)}I", *words)

@@ -3,7 +3,6 @@ import json
 import os
 import re
 import shutil
-import struct
 import subprocess
 
 import pytest
@@ -13,7 +12,7 @@ import kernbin
 from kernbin import BuildError, RuntimeNotFound, TargetError
 from kernbin.samples import SAMPLES
 
-from conftest import HERE, run_cli, run_py
+from conftest import HERE, run_cli, run_py, spirv_igc_refuses
 
 DEVICES = ("pvc", "acm-g10", "tgllp")
 TRITON = {n: os.path.join(HERE, "data", "triton", f"{n}.spv") for n in ("triton_add", "triton_matmul")}
@@ -138,18 +137,7 @@ def test_auto_policy_is_part_of_the_cache_key(oc, tmp_path):
 
 
 def test_bad_spirv_shows_ocloc_log(oc):
-    data = bytearray(open(SAMPLES["vadd"].spv, "rb").read())
-    words = list(struct.unpack(f"<{len(data) // 4}I", data))
-    i, label = 5, None
-    while i < len(words):          # turn the first instruction after OpLabel into an unknown opcode
-        wc, op = words[i] >> 16, words[i] & 0xFFFF
-        if label is not None:
-            words[i] = (wc << 16) | 0x7FFF
-            break
-        if op == 248:
-            label = i
-        i += wc
-    bad = struct.pack(f"<{len(words)}I", *words)
+    bad = spirv_igc_refuses()
     with pytest.raises(BuildError) as e:
         kernbin.build(bad, "ocloc:pvc")
     assert e.value.backend == "ocloc" and e.value.code == -11 and e.value.code_name == "CL_BUILD_PROGRAM_FAILURE"

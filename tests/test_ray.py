@@ -6,7 +6,6 @@ import os
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
@@ -21,7 +20,7 @@ from kernbin.executors import BuildJob, error_from_json, error_to_json, expected
 from kernbin.options import BuildOptions
 from kernbin.samples import SAMPLES
 
-from conftest import run_cli, run_py
+from conftest import run_cli, run_py, spirv_igc_refuses
 
 TARGETS = ["ocloc:pvc", "ocloc:acm-g10", "ocloc:tgllp"]
 SPVS = [s.spv for s in SAMPLES.values()]
@@ -33,23 +32,6 @@ def _need_ocloc():
         get_ocloc()
     except kernbin.RuntimeNotFound as e:
         pytest.skip(f"ocloc not installed (Debian: intel-opencl-icd): {e}")
-
-
-def _broken_spirv() -> bytes:
-    """vadd with the first instruction after its OpLabel turned into an unknown opcode: it reads
-    as SPIR-V, and IGC refuses it with a log."""
-    data = open(SAMPLES["vadd"].spv, "rb").read()
-    words = list(struct.unpack(f"<{len(data) // 4}I", data))
-    i, label = 5, None
-    while i < len(words):
-        wc, op = words[i] >> 16, words[i] & 0xFFFF
-        if label is not None:
-            words[i] = (wc << 16) | 0x7FFF
-            break
-        if op == 248:
-            label = i
-        i += wc
-    return struct.pack(f"<{len(words)}I", *words)
 
 
 def _session(sid: int) -> list[int]:
@@ -144,7 +126,7 @@ def test_a_failed_build_is_reported_with_its_log_and_the_others_land(cluster, tm
     """The same on both executors: every job runs to its end, the first failure is raised as a
     BuildError with ocloc's log, no bundle is written, and the other builds are in the cache that
     built them (a second run finds them all)."""
-    inputs = [SAMPLES["vadd"].spv, _broken_spirv(), SAMPLES["softmax"].spv]
+    inputs = [SAMPLES["vadd"].spv, spirv_igc_refuses(), SAMPLES["softmax"].spv]
     names = ["vadd", "broken", "softmax"]
     targets = TARGETS[:2]
     errors = {}
