@@ -22,9 +22,8 @@ Importing this package imports neither Triton nor a GPU runtime: everything is l
 
 from __future__ import annotations
 
-from ._meta import LaunchMeta, SpecializationMismatch, TritonMetaError
-
 _LAZY = {
+    "LaunchMeta": "_meta", "SpecializationMismatch": "_meta", "TritonMetaError": "_meta",
     "load": "launcher", "TritonKernels": "launcher", "TritonKernel": "launcher",
     "KernelSpec": "aot", "compile": "aot", "compile_many": "aot", "compile_bundle": "aot",
     "stage_hook": "stage", "install_stage": ("stage", "install"), "uninstall_stage": ("stage", "uninstall"),
@@ -32,7 +31,7 @@ _LAZY = {
     "CacheManager": "cache_manager",
 }
 
-__all__ = ["LaunchMeta", "SpecializationMismatch", "TritonMetaError", *_LAZY]
+__all__ = list(_LAZY)
 
 
 def __getattr__(name: str):
