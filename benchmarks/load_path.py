@@ -1,0 +1,247 @@
+#!/usr/bin/env python3
+"""kernbin's load path against the driver's own cost, on any machine: an emulated CUDA driver
+(``tools/cuda_emu.py``: ~40 us per module load, CPU caches evicted, GIL released) under kernbin's real
+CUDA backend, so a change to the load path is measured before any GPU.
+
+    python benchmarks/load_path.py [--kernels 1,256,1024] [--repeat 7] [--cost-us 40] [--json OUT.json]
+
+Three loaders, each in its own fresh processes, time until every kernel is ready (module loaded,
+function handle taken):
+
+``raw``      the loose-binary floor: read each ``.cubin`` file, ``cuModuleLoadData`` + ``cuModuleGetFunction``;
+``minimal``  the least a verifying loader can do, inline, no kernbin code (as ``cuda_load_floor.py``):
+             BLAKE3 the header, decode it typed (only the section table / manifest and the runs-on fields),
+             BLAKE3 each native blob, the SM rule, then the raw calls;
+``kernbin``  ``kernbin.load(path, device).kernel(name)`` per ``.knb``; for a bundle ``open_bundle(path)`` then
+             ``load(name, device).kernel(name)`` for every kernel.
+
+Layouts: ``knb`` (N loose ``.knb`` files) and ``bundle`` (one bundle of N kernels; its ``raw`` is still the
+loose-cubin floor). The N kernels are one real cubin (built offline with nvJitLink from a sample's PTX) under
+N distinct kernel names, so no cache inside kernbin sees the same bytes twice. Each process first loads one
+kernel outside the set (imports and one-time set-up are not counted), then the N. Reported: per-kernel
+medians over ``--repeat`` processes per cell, the processes of all cells interleaved.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+BASE_NAME = "kbload_00000"
+
+_WORKER = r"""
+import sys, time, json, struct
+sys.path.insert(0, sys.argv[1])
+import cuda_emu
+mode, layout, d = sys.argv[2], sys.argv[3], sys.argv[4]
+names = json.loads(sys.argv[5])
+warm = sys.argv[6]
+drv = cuda_emu.install(cost_us=float(sys.argv[7]), sm=90)
+cu = drv
+pc = time.perf_counter
+if mode == "kernbin":
+    import kernbin
+    device = kernbin.open_device("cuda:0")
+elif mode == "minimal":
+    import blake3, msgspec
+
+    class Sec(msgspec.Struct):
+        name: str
+        offset: int
+        size: int
+        digest: str
+
+    class Req(msgspec.Struct):
+        kind: str
+        sm: int = 0
+        code: str = ""
+        variant: str = ""
+
+    class B(msgspec.Struct):
+        requires: Req
+
+    class M(msgspec.Struct):
+        build: B
+
+    class H(msgspec.Struct):
+        align: int
+        digest: str
+        meta: M
+        sections: list[Sec]
+
+    class E(msgspec.Struct):
+        blob: str
+        info: B
+
+    class K(msgspec.Struct):
+        entries: list[E]
+
+    class BM(msgspec.Struct):
+        kernels: dict[str, K]
+
+    class BH(msgspec.Struct):
+        align: int
+        digest: str
+        meta: BM
+        sections: list[Sec]
+
+    knb_dec, bundle_dec = msgspec.json.Decoder(H), msgspec.json.Decoder(BH)
+    SM = 90
+
+    def fits(r):
+        return r.kind == "cuda" and r.sm // 10 == SM // 10 and r.sm <= SM and (r.variant != "a" or r.sm == SM)
+
+    def header(data, dec):
+        magic, ver, hlen, hd = struct.unpack_from("<8sII32s", data)
+        hb = data[48:48 + hlen]
+        if blake3.blake3(hb).digest() != hd:
+            raise SystemExit("header digest")
+        h = dec.decode(hb)
+        return h, (48 + hlen + h.align - 1) // h.align * h.align
+
+
+def ready(name, image):
+    err, mod = cu.cuModuleLoadData(image)
+    if err:
+        raise SystemExit(f"cuModuleLoadData {err!r}")
+    err, f = cu.cuModuleGetFunction(mod, name.encode())
+    if err:
+        raise SystemExit(f"cuModuleGetFunction {err!r}")
+    return mod, f
+
+
+def run(names, bundle_path):
+    keep = []
+    if mode == "raw":
+        for n in names:
+            with open(f"{d}/cubin/{n}.cubin", "rb") as fh:
+                keep.append(ready(n, fh.read()))
+    elif mode == "minimal" and layout == "knb":
+        for n in names:
+            with open(f"{d}/knb/{n}.knb", "rb") as fh:
+                data = fh.read()
+            h, start = header(data, knb_dec)
+            s = next(s for s in h.sections if s.name == "native")
+            b = data[start + s.offset:start + s.offset + s.size]
+            if blake3.blake3(b).hexdigest() != s.digest or not fits(h.meta.build.requires):
+                raise SystemExit("refused")
+            keep.append(ready(n, b))
+    elif mode == "minimal":
+        with open(bundle_path, "rb") as fh:
+            data = fh.read()
+        h, start = header(data, bundle_dec)
+        secs = {s.name: s for s in h.sections}
+        for n in names:
+            e = next(e for e in h.meta.kernels[n].entries if fits(e.info.requires))
+            s = secs[e.blob]
+            b = data[start + s.offset:start + s.offset + s.size]
+            if blake3.blake3(b).hexdigest() != s.digest:
+                raise SystemExit("refused")
+            keep.append(ready(n, b))
+    elif layout == "knb":
+        for n in names:
+            m = kernbin.load(f"{d}/knb/{n}.knb", device, fallback=False)
+            keep.append((m, m.kernel(n)))
+    else:
+        b = kernbin.open_bundle(bundle_path)
+        for n in names:
+            m = b.load(n, device, fallback=False)
+            keep.append((m, m.kernel(n)))
+        keep.append(b)
+    return keep
+
+
+run([warm], f"{d}/bundle_warm.kbin")          # imports, decoders, first-call paths: not counted
+t0 = pc()
+keep = run(names, f"{d}/bundle_{len(names)}.kbin")
+took = pc() - t0
+assert drv.loads == len(names) + 1, drv.loads
+print(json.dumps(took))
+"""
+
+MODES = ("raw", "minimal", "kernbin")
+
+
+def _make_kernels(tmp: str, count: int) -> list[str]:
+    """``count`` distinct kernels (.cubin, .knb, bundles) from one offline build of a sample's PTX."""
+    from dataclasses import replace
+
+    import kernbin
+    from kernbin.artifact import KernelInfo, NativeBinary
+    from kernbin.bundle import write_bundle
+    ptx = open(os.path.join(ROOT, "kernbin", "samples", "vadd.ptx"), "rb").read().replace(b"vadd", BASE_NAME.encode())
+    base = kernbin.build(kernbin.read_ir(ptx), "cuda:sm_90")
+    attrs = dict(base.info.kernels[0].attributes)
+    for sub in ("cubin", "knb"):
+        os.makedirs(os.path.join(tmp, sub), exist_ok=True)
+    names, natives = [], {}
+    for i in range(count + 1):
+        name = f"kbload_{i:05d}"
+        binary = base.binary.replace(BASE_NAME.encode(), name.encode())
+        nb = NativeBinary(binary, replace(base.info, kernels=(KernelInfo(name, attrs),),
+                                          ir_sha256=f"{i:064x}", build_log=""))
+        with open(os.path.join(tmp, "cubin", name + ".cubin"), "wb") as f:
+            f.write(binary)
+        nb.save(os.path.join(tmp, "knb", name + ".knb"))
+        names.append(name)
+        natives[name] = nb
+    warm, names = names[-1], names[:-1]
+    write_bundle(os.path.join(tmp, "bundle_warm.kbin"), {warm: {"ir": None, "natives": [natives[warm]]}})
+    return names, warm, natives
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--kernels", default="1,256,1024", help="kernel counts (comma-separated)")
+    ap.add_argument("--repeat", type=int, default=7, help="processes per cell (medians)")
+    ap.add_argument("--cost-us", type=float, default=40.0, help="emulated driver cost per module load")
+    ap.add_argument("--layouts", default="knb,bundle")
+    ap.add_argument("--json", help="write the records here")
+    args = ap.parse_args(argv)
+    counts = [int(x) for x in args.kernels.split(",")]
+    layouts = args.layouts.split(",")
+    from kernbin.bundle import write_bundle
+    records = []
+    with tempfile.TemporaryDirectory(prefix="kernbin-load-path-") as tmp:
+        names, warm, natives = _make_kernels(tmp, max(counts))
+        for n in counts:
+            write_bundle(os.path.join(tmp, f"bundle_{n}.kbin"),
+                         {k: {"ir": None, "natives": [natives[k]]} for k in names[:n]})
+        cells = [(layout, n, mode) for layout in layouts for n in counts for mode in MODES]
+        times: dict = {c: [] for c in cells}
+        env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        for _ in range(args.repeat):
+            for layout, n, mode in cells:
+                p = subprocess.run([sys.executable, "-c", _WORKER, os.path.join(ROOT, "tools"), mode, layout, tmp,
+                                    json.dumps(names[:n]), warm, str(args.cost_us)],
+                                   capture_output=True, text=True, env=env)
+                if p.returncode:
+                    sys.stderr.write(p.stderr)
+                    return 1
+                times[(layout, n, mode)].append(json.loads(p.stdout.strip().splitlines()[-1]) / n * 1e6)
+    print(f"emulated driver: {args.cost_us:g} us per module load; per-kernel medians of {args.repeat} "
+          f"fresh processes (us)")
+    print(f"{'layout':7} {'kernels':>7} {'raw':>8} {'minimal':>8} {'kernbin':>8} {'kb-min':>7} {'kb/raw':>7}")
+    for layout in layouts:
+        for n in counts:
+            med = {m: statistics.median(times[(layout, n, m)]) for m in MODES}
+            rec = {"layout": layout, "kernels": n, "raw_us": round(med["raw"], 2),
+                   "minimal_us": round(med["minimal"], 2), "kernbin_us": round(med["kernbin"], 2),
+                   "samples_us": {m: [round(t, 2) for t in times[(layout, n, m)]] for m in MODES}}
+            records.append(rec)
+            print(f"{layout:7} {n:>7} {med['raw']:>8.1f} {med['minimal']:>8.1f} {med['kernbin']:>8.1f} "
+                  f"{med['kernbin'] - med['minimal']:>+7.1f} {med['kernbin'] / med['raw']:>7.2f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(records, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
