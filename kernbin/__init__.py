@@ -24,10 +24,11 @@ _LAZY = {
     "NativeBinary": "artifact", "BuildInfo": "artifact", "KernelInfo": "artifact",
     "Target": "target", "parse_target": "target",
     "LocalMemory": "backends._launch", "LaunchConfig": "backends._launch", "DevicePointer": "backends._launch",
-    "list_devices": "api", "open_device": "api", "build": "api", "build_many": "api", "load": "api", "check": "api",
-    "get_or_build": "api", "get_or_build_ex": "api", "default_cache": "api", "read_native": "api",
+    "list_devices": "backends", "open_device": "backends", "build": "builder", "build_many": "builder",
+    "load": "loader", "check": "loader", "get_or_build": "builder", "get_or_build_ex": "builder",
+    "default_cache": "builder", "read_native": "api",
     "describe_file": "inspect",
-    "open_bundle": "api", "create_bundle": "api",
+    "open_bundle": "loader", "load_many": "loader", "create_bundle": "builder",
 }
 
 __all__ = ["__version__", "BuildError", "FallbackWarning", "IncompatibleBinary", "InvalidBinary",

@@ -79,6 +79,10 @@ class BuildInfo:
         return next((k for k in self.kernels if k.name == name), None)
 
     @property
+    def toolchain_key(self) -> str:
+        return self.toolchain.key()
+
+    @property
     def flags_text(self) -> str:
         return " ".join(self.flags)
 
@@ -198,17 +202,20 @@ class _PendingIR:
         """The checked IR; :class:`InvalidBinary` (``rule`` ``section-digest`` or ``ir``) when the
         section is corrupt, does not parse, or is not the IR the build info names."""
         info = self.info
+        j = info.j if type(info) is _PendingInfo else info
         try:
             data = self.container.section("ir")
         except container.ContainerError as e:
             raise InvalidBinary(f"digest mismatch in section {e.section} (corrupted data)", rule="section-digest",
-                                build_info=info) from None
+                                build_info=_resolved_or_none(info) if j is not info else info) from None
         try:
-            ir = read_ir(data, info.ir_kind)
+            ir = read_ir(data, j.ir_kind)
         except InvalidIR as e:
-            raise InvalidBinary(f"embedded IR is invalid: {e}", rule="ir", build_info=info) from None
-        if ir.sha256 != info.ir_sha256:
-            raise InvalidBinary("embedded IR does not match the build info's IR hash", rule="ir", build_info=info)
+            raise InvalidBinary(f"embedded IR is invalid: {e}", rule="ir",
+                                build_info=_resolved_or_none(info) if j is not info else info) from None
+        if ir.sha256 != j.ir_sha256:
+            raise InvalidBinary("embedded IR does not match the build info's IR hash", rule="ir",
+                                build_info=_resolved_or_none(info) if j is not info else info)
         return ir
 
     def __reduce__(self):               # pickling (process pools) sends the checked IR itself
@@ -235,6 +242,55 @@ class _IRField:
         obj.__dict__["_ir"] = value
 
 
+class _PendingInfo:
+    """The build info of a verified ``.knb`` header or bundle entry: decoded once, typed, in C
+    (:class:`_BuildJSON`: every field's type checked), but the :class:`BuildInfo` object (toolchain,
+    options, kernels, the depth and range checks of its free-form parts) is built only when someone
+    asks for ``native.info``. The load gate reads :attr:`requires` and :attr:`kernel_names` only."""
+    __slots__ = ("j", "raw", "digest", "_requires")
+
+    def __init__(self, j: "_BuildJSON", raw: bytes, digest: bytes | None):
+        self.j, self.raw, self.digest, self._requires = j, raw, digest, None
+
+    @property
+    def requires(self) -> Requirements:
+        r = self._requires
+        if r is None:
+            r = self._requires = Requirements.from_decoded(self.j.requires)
+        return r
+
+    @property
+    def kernel_names(self) -> tuple[str, ...]:
+        return tuple(k.name for k in self.j.kernels)
+
+    def resolve(self) -> "BuildInfo":
+        try:
+            if self.digest is not None:
+                return _info_for_digest(self.digest, self.j, self.raw)
+            return _info_from(self.j, self.raw)
+        except (ValueError, TypeError, KernbinError, RecursionError, ArithmeticError) as e:
+            raise InvalidBinary(f"bad build info: {e}", rule="build-info") from None
+
+    def __reduce__(self):               # pickling (process pools) sends the BuildInfo itself
+        return (_same, (self.resolve(),))
+
+
+class _InfoField:
+    """``NativeBinary.info``: a :class:`BuildInfo`, or (read from a file) built on first access."""
+
+    def __get__(self, obj, owner=None):
+        if obj is None:
+            raise AttributeError("info")        # no default: the dataclass field is required
+        v = obj.__dict__["_info"]
+        if type(v) is _PendingInfo:
+            v = v.resolve()
+            obj.__dict__["_info"] = v
+        return v
+
+    def __set__(self, obj, value):      # only __init__ gets here (the dataclass is frozen)
+        obj.__dict__["_info"] = value
+
+
 @dataclass(frozen=True, repr=False)
 class NativeBinary:
     """Immutable: device binary bytes, their :class:`BuildInfo`, and optionally the IR.
@@ -242,7 +298,7 @@ class NativeBinary:
     Read from a ``.knb``, the embedded IR is checked (digest, parse, hash) when ``ir`` is first
     used: reading it raises :class:`InvalidBinary` if it is corrupt. :meth:`verify` checks it now."""
     binary: bytes
-    info: BuildInfo
+    info: BuildInfo = _InfoField()
     ir: IR | None = _IRField()
 
     def __repr__(self) -> str:
@@ -254,7 +310,10 @@ class NativeBinary:
         return self.__dict__.get("_ir") is not None
 
     def verify(self) -> "NativeBinary":
-        """Check everything now, the embedded IR included (see the class doc); returns self."""
+        """Check everything now, the whole build info and the embedded IR included (a native load checks
+        only what it uses: the digests, the runs-on requirements); returns self."""
+        self.info
+        self.requires
         self.ir
         return self
 
@@ -264,7 +323,37 @@ class NativeBinary:
 
     @property
     def kernel_names(self) -> tuple[str, ...]:
-        return tuple(k.name for k in self.info.kernels)
+        v = self.__dict__["_info"]
+        return v.kernel_names if type(v) is _PendingInfo else tuple(k.name for k in v.kernels)
+
+    @property
+    def requires(self) -> Requirements:
+        """What a device must be to run these bytes (``info.requires``, without building the rest of
+        the build info: the load gate reads only this)."""
+        return self.__dict__["_info"].requires
+
+    @property
+    def ir_sha256(self) -> str:
+        """``info.ir_sha256`` (the IR it was built from), without building the rest of the build info."""
+        v = self.__dict__["_info"]
+        return v.j.ir_sha256 if type(v) is _PendingInfo else v.ir_sha256
+
+    @property
+    def toolchain_key(self) -> str:
+        """``info.toolchain.key()`` (who built it), without building the rest of the build info."""
+        v = self.__dict__["_info"]
+        if type(v) is _PendingInfo:
+            t = v.j.toolchain
+            return Toolchain(t.backend, t.compiler, t.driver, t.versions).key()
+        return v.toolchain.key()
+
+    @classmethod
+    def _of(cls, binary: bytes, info, ir) -> "NativeBinary":
+        """A NativeBinary from parts already verified (no dataclass __init__ on the load path)."""
+        nb = object.__new__(cls)
+        d = nb.__dict__
+        d["binary"], d["_info"], d["_ir"] = binary, info, ir
+        return nb
 
     def without_ir(self) -> "NativeBinary":
         return replace(self, ir=None)
@@ -311,23 +400,34 @@ class NativeBinary:
 
     @classmethod
     def _from_container(cls, c: "container.Container") -> "NativeBinary":
-        info = _info_for(c)
-        names = set(c.names)
-        if "native" not in names or not names <= {"native", "ir", "signature"}:
+        info = _pending_for(c)
+        names = c.names
+        if "native" not in names or len(names) > 1 and not set(names) <= _KNB_SECTIONS:
             raise InvalidBinary(f"a .knb holds a 'native' section and optionally 'ir' and 'signature', "
-                                f"not {sorted(names)}", rule="sections", build_info=info)
+                                f"not {sorted(names)}", rule="sections", build_info=_resolved_or_none(info))
         try:
             binary = c.section("native")
         except container.ContainerError as e:
+            info = _resolved_or_none(info)
             ir = None
-            if "ir" in names:           # hand the caller the IR to rebuild from, if it is intact
+            if "ir" in names and info is not None:     # hand the caller the IR to rebuild from, if intact
                 try:
                     ir = _PendingIR(c, info).resolve()
                 except InvalidBinary:
                     pass
             raise InvalidBinary(f"digest mismatch in section {e.section} (corrupted data)", rule="section-digest",
                                 build_info=info, ir=ir) from None
-        return cls(binary=binary, info=info, ir=_PendingIR(c, info) if "ir" in names else None)
+        return cls._of(binary, info, _PendingIR(c, info) if "ir" in names else None)
+
+
+_KNB_SECTIONS = frozenset(("native", "ir", "signature"))
+
+
+def _resolved_or_none(info: "_PendingInfo") -> "BuildInfo | None":
+    try:
+        return info.resolve()
+    except InvalidBinary:
+        return None
 
 
 #: the largest .knb kernbin reads from a file (a device binary of a few hundred MB at most)
@@ -374,25 +474,36 @@ def _frozen(info: BuildInfo) -> BuildInfo:
         requires=Requirements(info.requires.kind, _freeze(dict(info.requires.values))))
 
 
-def _info_for(c) -> BuildInfo:
-    """BuildInfo from a verified container header, memoised by the header's BLAKE3 digest (the
-    same header bytes always give the same BuildInfo; its nested data is frozen, since it is shared)."""
-    info = _info_cache.get(c.header_digest)
+def _pending_for(c) -> "_PendingInfo":
+    """The build info of a verified container header: one typed decode (in C), the rest lazily."""
+    raw = c.meta_raw
+    try:
+        j = _META.decode(raw).build
+    except (msgspec.DecodeError, ValueError, TypeError, RecursionError, ArithmeticError) as e:
+        raise InvalidBinary(f"bad build info in the header: {e}", rule="build-info") from None
+    return _PendingInfo(j, raw, c.header_digest)
+
+
+def _info_for_digest(digest: bytes, j: "_BuildJSON", raw: bytes) -> BuildInfo:
+    """BuildInfo from its decoded header, memoised by the header's BLAKE3 digest (the same header
+    bytes always give the same BuildInfo; its nested data is frozen, since it is shared)."""
+    info = _info_cache.get(digest)
     if info is None or info is _SEEN_ONCE:
-        try:
-            raw = c.meta_raw
-            info_new = _info_from(_META.decode(raw).build, raw)
-        except (msgspec.DecodeError, ValueError, TypeError, KernbinError, RecursionError, ArithmeticError) as e:
-            raise InvalidBinary(f"bad build info in the header: {e}", rule="build-info") from None
+        info_new = _info_from(j, raw)
         if info is None:              # first sight: this caller alone holds it, no need to freeze
-            _remember(c.header_digest, _SEEN_ONCE)
+            _remember(digest, _SEEN_ONCE)
             return info_new
         try:
             info = _frozen(info_new)  # seen again (a cache hit path): share one frozen copy
         except RecursionError:
-            raise InvalidBinary("bad build info in the header: nested too deeply", rule="build-info") from None
-        _remember(c.header_digest, info)
+            raise ValueError("nested too deeply") from None
+        _remember(digest, info)
     return info
+
+
+def _info_for(c) -> BuildInfo:
+    """BuildInfo from a verified container header, built now (``InvalidBinary`` on any defect)."""
+    return _pending_for(c).resolve()
 
 
 _SEEN_ONCE = object()

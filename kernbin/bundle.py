@@ -20,7 +20,6 @@ bundle holds and what device it found. The choice and why is on ``module.bundle_
 
 from __future__ import annotations
 
-import mmap
 import os
 import re
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from typing import Any
 import msgspec
 
 from . import container
-from .artifact import BuildInfo, NativeBinary, _BuildJSON, _info_from
+from .artifact import BuildInfo, NativeBinary, _BuildJSON, _PendingInfo
 from .errors import IncompatibleBinary, InvalidBinary, KernbinError
 from .ir import read_ir
 
@@ -47,7 +46,7 @@ _BLOB = re.compile(r"b[0-9]{1,9}")
 
 class _EntryJSON(msgspec.Struct, forbid_unknown_fields=True):
     blob: str
-    info: msgspec.Raw                 # decoded (and type-checked) when the entry is first asked for
+    info: _BuildJSON                  # typed (in C) with its kernel; the BuildInfo object is built lazily
 
 
 class _KernelJSON(msgspec.Struct, forbid_unknown_fields=True):
@@ -71,26 +70,68 @@ class BundleError(InvalidBinary):
     """A bundle that breaks a rule of ``docs/bundle-format.md`` (``rule`` names it)."""
 
 
-@dataclass(frozen=True)
 class BundleEntry:
-    """One native binary of one kernel: where it is (``blob``) and how it was built (``info``)."""
-    kernel: str
-    index: int
-    blob: str
-    info: BuildInfo
+    """One native binary of one kernel: where it is (``blob``) and how it was built (``info``, a
+    :class:`BuildInfo` built on first access; the gate reads only ``requires`` and ``toolchain_key``)."""
+    __slots__ = ("kernel", "index", "blob", "_info")
+
+    def __init__(self, kernel: str, index: int, blob: str, info: "BuildInfo | _PendingInfo"):
+        self.kernel, self.index, self.blob, self._info = kernel, index, blob, info
+
+    @property
+    def info(self) -> BuildInfo:
+        v = self._info
+        if type(v) is _PendingInfo:
+            try:
+                v = self._info = v.resolve()
+            except InvalidBinary as err:
+                raise BundleError(f"kernel {self.kernel!r} entry {self.index}: {err.reason}",
+                                  rule="build-info") from None
+        return v
 
     @property
     def target(self) -> str:
-        return self.info.target
+        v = self._info
+        return v.j.target if type(v) is _PendingInfo else v.target
+
+    @property
+    def requires(self):
+        try:
+            return self._info.requires
+        except InvalidBinary as err:
+            raise BundleError(f"kernel {self.kernel!r} entry {self.index}: {err.reason}", rule="build-info") from None
+
+    @property
+    def toolchain_key(self) -> str:
+        v = self._info
+        if type(v) is _PendingInfo:
+            from .device import Toolchain
+            t = v.j.toolchain
+            return Toolchain(t.backend, t.compiler, t.driver, t.versions).key()
+        return v.toolchain.key()
+
+    @property
+    def kernel_names(self) -> tuple[str, ...]:
+        return self._info.kernel_names if type(self._info) is _PendingInfo else tuple(k.name for k in self._info.kernels)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, BundleEntry) and (self.kernel, self.index, self.blob) == \
+            (other.kernel, other.index, other.blob)
+
+    def __hash__(self) -> int:
+        return hash((self.kernel, self.index, self.blob))
+
+    def __repr__(self) -> str:
+        return f"BundleEntry({self.kernel!r}, {self.index}, {self.blob!r}, target={self.target!r})"
 
 
 class Bundle:
     """A read-only view of a bundle file. Use :func:`open_bundle`; close it (or use ``with``)."""
 
-    def __init__(self, path, *, trusted_keys=None, require_signature: bool | None = None, loader=None):
+    def __init__(self, path, *, trusted_keys=None, require_signature: bool | None = None):
         from ._fs import FileRefused
         import stat
-        self._loader = loader
+        self.trusted_keys = trusted_keys
         if isinstance(path, (bytes, bytearray, memoryview)):       # a bundle already in memory
             self.path, self._map = "<bytes>", bytes(path)
         else:
@@ -102,9 +143,12 @@ class Bundle:
                     raise FileRefused(self.path, "not-regular", "bundle is not a regular file")
                 if st.st_size == 0:
                     raise BundleError("empty file is not a bundle", rule="truncated")
-                self._map = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
-            finally:
+            except BaseException:
                 os.close(fd)
+                raise
+            # read with pread, never mapped: a file truncated or replaced under an open bundle gives a
+            # clear error (or this bundle keeps its own view of the replaced file), never a SIGBUS
+            self._map = container.FileView(fd, st.st_size)
         try:
             self._c = container.Container.parse(self._map, magic=BUNDLE_MAGIC, versions=(BUNDLE_VERSION,),
                                                 max_header=MAX_MANIFEST)
@@ -138,7 +182,7 @@ class Bundle:
         each entry's build info is decoded and type-checked here, the first time it is asked for)."""
         got = self._entries.get(name)
         if got is None:
-            got = self._entries[name] = [BundleEntry(name, i, e.blob, _entry_info(name, i, e))
+            got = self._entries[name] = [BundleEntry(name, i, e.blob, _PendingInfo(e.info, b"", None))
                                          for i, e in enumerate(self._kernel(name).entries)]
         return list(got)
 
@@ -165,11 +209,18 @@ class Bundle:
 
     def native(self, entry: BundleEntry, *, with_ir: bool = True) -> NativeBinary:
         """The entry as a verified :class:`NativeBinary` (with the kernel's IR, when present)."""
-        binary = self._section(entry.blob)
+        binary = self.blob(entry.blob)
         ir = self.ir(entry.kernel) if with_ir else None
         if ir is not None and ir.sha256 != entry.info.ir_sha256:
             raise BundleError(f"kernel {entry.kernel!r}: entry {entry.index} was built from other IR", rule="ir")
-        return NativeBinary(binary=binary, info=entry.info, ir=ir)
+        return NativeBinary._of(binary, entry._info, ir)
+
+    def blob(self, blob: str) -> bytes:
+        """The bytes of blob ``blob``, digest-checked on first use (:class:`BundleError` otherwise)."""
+        try:
+            return self._section(blob)
+        except container.ContainerError as e:
+            raise BundleError(f"blob {blob!r} fails its digest (corrupted data)", rule="section-digest") from None
 
     def _section(self, blob: str) -> bytes:
         if blob not in self._c:
@@ -183,53 +234,6 @@ class Bundle:
             self.ir(name)
             for e in self.entries(name):
                 self._section(e.blob)
-
-    # -- choosing and loading ----------------------------------------------------------------
-    def select(self, name: str, device) -> tuple[BundleEntry | None, list[str]]:
-        """The best entry for ``device`` and, for every entry, why it was or was not taken.
-        Preference: the device's own toolchain first (it made those bytes), then single-target
-        binaries over fat ones, then the order in the bundle."""
-        entry, _, reasons = self.choose(name, device)
-        return entry, reasons
-
-    def choose(self, name: str, device):
-        """:meth:`select`, also giving the chosen entry's verdict (a ``Fit``): ``(entry, fit, reasons)``."""
-        fits, reasons = [], []
-        for e in self.entries(name):
-            try:
-                fit = device.backend.can_run(e.info, device)
-            except KernbinError as err:           # a malformed requirement: not this entry
-                reasons.append(f"{e.target}: {err}")
-                continue
-            if fit.ok:
-                fits.append((e, fit))
-                reasons.append(f"{e.target}: fits" + (f" ({fit.member})" if fit.member else ""))
-            else:
-                reasons.append(f"{e.target}: {fit.reason}")
-        if not fits:
-            return None, None, reasons
-        if len(fits) == 1:                        # nothing to rank (the common case)
-            return fits[0][0], fits[0][1], reasons
-        own_key = device.toolchain.key()
-        e, fit = min(fits, key=lambda t: (0 if t[0].info.toolchain.key() == own_key else 1,
-                                          1 if t[0].info.requires.kind.endswith("-fat") else 0, t[0].index))
-        return e, fit, reasons
-
-    def load(self, name: str, target="opencl:cpu", *, fallback: bool = True, cache=None):
-        """Load kernel ``name`` on ``target``: the best native entry (verified, gated), else a rebuild
-        from the bundle's IR with the recorded options (stored in the cache), else
-        :class:`IncompatibleBinary` naming the targets held and the device found. The wiring to
-        devices and the cache is :func:`kernbin.api.load_from_bundle` (a bundle imports no backend)."""
-        if self._loader is None:
-            raise KernbinError("this Bundle was opened without a loader: use kernbin.open_bundle()")
-        return self._loader(self, name, target, fallback=fallback, cache=cache)
-
-    def no_entry(self, name: str, device, why: str) -> IncompatibleBinary:
-        """The error for a kernel with nothing that runs on ``device`` and no IR to rebuild from."""
-        return IncompatibleBinary(f"bundle {os.path.basename(self.path)!r} kernel {name!r} has nothing for "
-                                  f"{device.target} ({device.id.describe()}); it holds "
-                                  f"{', '.join(self.targets(name)) or 'no targets'}: {why}",
-                                  rule="no-entry", device=device.id)
 
     def describe(self) -> dict:
         """The manifest as plain data (``kernbin bundle inspect``)."""
@@ -251,11 +255,8 @@ class Bundle:
         m = getattr(self, "_map", None)
         if m is not None:
             self._c = None
-            try:
-                if isinstance(m, mmap.mmap):
-                    m.close()
-            except BufferError:             # a section view still alive: the mapping closes with it
-                pass
+            if isinstance(m, container.FileView):
+                m.close()
             self._map = None
 
     def __enter__(self) -> "Bundle":
@@ -263,17 +264,6 @@ class Bundle:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-_BUILD = msgspec.json.Decoder(_BuildJSON)
-
-
-def _entry_info(name: str, i: int, e: _EntryJSON) -> BuildInfo:
-    try:
-        raw = bytes(e.info)
-        return _info_from(_BUILD.decode(raw), raw)
-    except (msgspec.DecodeError, ValueError, TypeError, KernbinError, ArithmeticError, RecursionError) as err:
-        raise BundleError(f"kernel {name!r} entry {i}: bad build info: {err}", rule="build-info") from None
 
 
 def _decode_manifest(c) -> _ManifestJSON:
@@ -294,7 +284,8 @@ def _decode_kernel(c, name: str, raw) -> _KernelJSON:
     try:
         k = _KERNEL.decode(raw)
     except (msgspec.DecodeError, RecursionError, ValueError) as e:
-        raise BundleError(f"kernel {name!r}: bad manifest entry: {e}", rule="manifest") from None
+        rule = "build-info" if ".info" in str(e) else "manifest"
+        raise BundleError(f"kernel {name!r}: bad manifest entry: {e}", rule=rule) from None
     for blob in [k.ir] + [e.blob for e in k.entries]:
         if blob is not None and (not _BLOB.fullmatch(blob) or blob not in c):
             raise BundleError(f"kernel {name!r} names blob {blob!r}, which the file does not hold", rule="blob")
@@ -362,9 +353,10 @@ def is_bundle(data: bytes) -> bool:
     return bytes(data[:len(BUNDLE_MAGIC)]) == BUNDLE_MAGIC
 
 
-def read_all(path) -> dict[str, dict]:
-    """Everything in a bundle as ``write_bundle`` takes it (to add kernels or targets and rewrite)."""
-    with Bundle(path, require_signature=False) as b:
+def read_all(path, *, trusted_keys=None, require_signature: bool | None = False) -> dict[str, dict]:
+    """Everything in a bundle as ``write_bundle`` takes it (to add kernels or targets and rewrite),
+    every blob digest-checked; with ``trusted_keys`` it must be signed by one of them."""
+    with Bundle(path, trusted_keys=trusted_keys, require_signature=require_signature) as b:
         out = {}
         for name in b.names:
             ir = b.ir(name)

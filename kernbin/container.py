@@ -1,11 +1,12 @@
 """The verified container: a JSON header and named byte sections, every byte checked.
 
 Owns the *layout* that ``.knb`` files (one native binary + its IR) and bundles (many
-blobs, read lazily through mmap) share; it knows nothing about what the sections hold.
+blobs, read lazily from the open file) share; it knows nothing about what the sections hold.
 The spec is ``docs/container-format.md``; each rule there is a ``ContainerError.rule``.
 
 - :func:`pack` builds a container in memory.
-- :meth:`Container.parse` reads one from a buffer (bytes, bytearray, memoryview, mmap):
+- :meth:`Container.parse` reads one from a buffer (bytes, bytearray, memoryview, mmap, or a
+  :class:`FileView` of an open file, read with ``pread`` as sections are asked for):
   the prefix, header digest, JSON and the whole section table are checked up front;
   each section's digest is checked on its first :meth:`Container.section` access, so a
   bundle pays only for the blobs it uses.
@@ -31,7 +32,7 @@ from blake3 import blake3
 
 from .errors import InvalidBinary
 
-__all__ = ["pack", "Container", "ContainerError", "RULES", "MAX_HEADER", "MAX_ALIGN", "DIGEST",
+__all__ = ["pack", "Container", "ContainerError", "FileView", "RULES", "MAX_HEADER", "MAX_ALIGN", "DIGEST",
            "PREFIX_FORMAT", "PREFIX_SIZE", "NAME_PATTERN"]
 
 MAX_HEADER = 1 << 20                 # default cap on the JSON header: 1 MiB
@@ -316,6 +317,45 @@ def _read_exact(read: Callable[[int], bytes], n: int) -> bytes:
     return b"".join(parts)
 
 
+class FileView:
+    """An open file read as a buffer: ``view[a:b]`` is ``pread`` of those bytes. Unlike a mapping, a
+    file truncated underneath gives a "truncated" :class:`ContainerError` (never a SIGBUS), and a file
+    replaced by rename keeps being read as it was (the descriptor holds the old inode)."""
+    __slots__ = ("fd", "size")
+
+    def __init__(self, fd: int, size: int):
+        self.fd, self.size = fd, size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, s: slice) -> bytes:
+        start, stop, _ = s.indices(self.size)
+        n = max(0, stop - start)
+        if self.fd < 0:
+            raise ValueError("read of a closed file view")
+        data = os.pread(self.fd, n, start)
+        if len(data) != n:
+            parts, got = [data], len(data)
+            while got < n:
+                chunk = os.pread(self.fd, n - got, start + got)
+                if not chunk:
+                    raise ContainerError("truncated", f"the file shrank while open: {got} of {n} bytes at "
+                                                      f"offset {start} could be read")
+                parts.append(chunk)
+                got += len(chunk)
+            data = b"".join(parts)
+        return data
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            os.close(fd)
+
+    def __del__(self):
+        self.close()
+
+
 class Container:
     """A parsed, structurally verified container. Build one with :meth:`parse` or :meth:`read`.
 
@@ -346,7 +386,7 @@ class Container:
         changing underneath (a shared mmap) can fail a read but never pass bad bytes. A
         bytearray or memoryview stays exported (cannot be resized) while the container lives."""
         _check_magic_arg(magic)
-        if not isinstance(buffer, (bytes, mmap.mmap)):
+        if not isinstance(buffer, (bytes, mmap.mmap, FileView)):
             buffer = memoryview(buffer).cast("B")
         total = len(buffer)
         version, hlen, hdigest = _check_prefix(buffer[:PREFIX_SIZE], total, magic, versions, max_header)

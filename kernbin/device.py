@@ -30,6 +30,9 @@ def _canon(obj) -> str:
     return json.dumps(obj, separators=(",", ":"), sort_keys=True, ensure_ascii=True)
 
 
+_SCALARS = frozenset((str, int, bool, type(None)))
+
+
 def _json_value(v, what: str, depth: int = 0):
     """Check that ``v`` is plain JSON data of bounded depth (no floats needed, no NaN)."""
     if depth > 8:
@@ -133,10 +136,21 @@ class Requirements:
         return {"kind": self.kind, **{k: v for k, v in self.values.items()}}
 
     @classmethod
+    def from_decoded(cls, obj) -> "Requirements":
+        """From decoded JSON (a header's ``requires``): the same checks as :meth:`from_json`, raising
+        :class:`~kernbin.errors.InvalidBinary` (rule ``build-info``) instead of ValueError."""
+        try:
+            return cls.from_json(obj)
+        except (ValueError, RecursionError) as e:
+            from .errors import InvalidBinary
+            raise InvalidBinary(f"bad build info: {e}", rule="build-info") from None
+
+    @classmethod
     def from_json(cls, obj) -> "Requirements":
         if not isinstance(obj, dict) or not isinstance(obj.get("kind"), str):
             raise ValueError("requirements must be an object with a string 'kind'")
-        values = {k: _json_value(v, "requirements") for k, v in obj.items() if k != "kind"}
+        values = {k: v if type(v) in _SCALARS else _json_value(v, "requirements")
+                  for k, v in obj.items() if k != "kind"}
         if "members" in values and not (isinstance(values["members"], list)
                                         and all(isinstance(m, dict) for m in values["members"])):
             raise ValueError("requirements 'members' must be a list of objects")

@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 from ..errors import TargetError
 
-__all__ = ["REGISTRY", "get_backend", "backend_names"]
+__all__ = ["REGISTRY", "get_backend", "backend_names", "open_device", "list_devices"]
 
 
 class Entry(NamedTuple):
@@ -55,3 +55,26 @@ def check_selector(backend: str, selector: str, spec: str) -> None:
     entry = REGISTRY[backend]
     if not re.fullmatch(entry.selector, selector):
         raise TargetError(f"bad target {spec!r}: {backend} targets are {entry.spelling}", spec)
+
+
+def open_device(target):
+    """A live device for ``target`` (a target string, a :class:`~kernbin.target.Target`, or a device
+    already open, returned as is), shared within the process."""
+    from ..target import Target, parse_target
+    if not isinstance(target, (str, Target)):
+        return target
+    t = parse_target(target)
+    return get_backend(t.backend).open(t)
+
+
+def list_devices(backends=None) -> list:
+    """Every device of every registered backend (``DeviceInfo``); runtimes that are missing are
+    skipped. ``backends`` restricts to the given names."""
+    from ..errors import KernbinError
+    out = []
+    for name in backends or REGISTRY:
+        try:
+            out.extend(get_backend(name).list_devices())
+        except KernbinError:
+            continue
+    return out

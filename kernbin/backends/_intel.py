@@ -7,7 +7,6 @@ file on each of them; each backend still says which flag it adds for ``small``/`
 
 from __future__ import annotations
 
-from ..artifact import BuildInfo
 from ..formats import zebin as zefmt
 from .base import Fit
 
@@ -26,7 +25,7 @@ LEVEL_ZERO_REGISTER_FILE_FLAGS = {"small": "-ze-exp-register-file-size=128", "la
 OPENCL_REGISTER_FILE_FLAGS = OCLOC_REGISTER_FILE_FLAGS
 
 
-def can_run(info: BuildInfo, device) -> Fit:
+def can_run(info, device) -> Fit:
     """The zebin rule (:func:`kernbin.formats.zebin.intel_gpu_can_run`) against a live device.
 
     ``device.id.facts["ip_version"]`` is the device's IP; the ``.ze_info`` version its runtime
@@ -34,7 +33,7 @@ def can_run(info: BuildInfo, device) -> Fit:
     another toolchain than the device's own (what a driver made itself it can decode)."""
     ip = device.id.facts.get("ip_version")
     decoder = None
-    if info.toolchain.key() != device.toolchain.key():
+    if info.toolchain_key != device.toolchain.key():
         decoder = device.zebin_decoder_version()
     ok, rule, reason, member = zefmt.intel_gpu_can_run(info.requires, ip, decoder)
     return Fit(ok, reason, rule, member)

@@ -7,10 +7,12 @@ A backend module defines a :class:`Backend` subclass and is named by one line in
                         error, when the runtime or its devices are missing);
 ``open(target)``        a live :class:`Device` for a parsed target (shared within the process),
                         or :class:`~kernbin.errors.RuntimeNotFound`;
-``can_run(info, dev)``  the runs-on rule: may bytes with this :class:`~kernbin.artifact.BuildInfo`
-                        run on this device? Returns a :class:`Fit` (``ok, reason, rule, member``).
-                        It reads ``info.requires`` and the device's identity only; never the
-                        toolchain (a driver update alone does not invalidate a binary);
+``can_run(info, dev)``  the runs-on rule: may these bytes run on this device? ``info`` is whatever
+                        carries ``requires`` and ``toolchain_key`` (a :class:`~kernbin.artifact.NativeBinary`,
+                        a bundle entry, a :class:`~kernbin.artifact.BuildInfo`): the gate never builds the
+                        whole build info. Returns a :class:`Fit` (``ok, reason, rule, member``).
+                        It reads ``info.requires`` and the device's identity; the toolchain only to
+                        tell the device's own binaries (a driver update alone does not invalidate one);
 ``register_file_flags`` / ``register_file_spellings``: how this backend spells register-file
                         modes (asked for by :mod:`kernbin.policy`; empty when it has none).
 
@@ -88,7 +90,7 @@ class Backend(ABC):
         """A live device for ``target``, shared within the process."""
 
     @abstractmethod
-    def can_run(self, info: BuildInfo, device: "Device") -> Fit:
+    def can_run(self, info, device: "Device") -> Fit:
         """Whether bytes built as ``info`` says may run on ``device`` (the load gate)."""
 
 

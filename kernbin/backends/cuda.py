@@ -156,7 +156,7 @@ class CudaBackend(Backend):
             self._open[target.selector] = dev
         return dev
 
-    def can_run(self, info: BuildInfo, device: Device) -> Fit:
+    def can_run(self, info, device: Device) -> Fit:
         if isinstance(device, CudaOfflineDevice):
             return Fit(False, f"{device.target} is an offline target: load on cuda:N", "offline")
         req = info.requires
@@ -417,7 +417,7 @@ class CudaDevice(Device):
 
     def payload(self, native: NativeBinary, fit: Fit) -> bytes:
         b = native.binary
-        req = native.info.requires
+        req = native.requires
         if req.kind == "cuda":
             if not cufmt.is_cubin(b):
                 raise InvalidBinary("not a cubin (ELF64 for machine 190)", rule="device-binary")
@@ -431,7 +431,7 @@ class CudaDevice(Device):
             if have != said:
                 raise InvalidBinary(f"the fatbin holds {have}, its build info says {said}", rule="device-binary")
             return b
-        raise InvalidBinary(f"unknown CUDA binary kind {native.info.requires.kind!r}", rule="device-binary")
+        raise InvalidBinary(f"unknown CUDA binary kind {req.kind!r}", rule="device-binary")
 
     def _load(self, data: bytes, call: str):
         self.current()

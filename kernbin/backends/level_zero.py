@@ -157,7 +157,7 @@ class LevelZeroBackend(Backend):
             dev = self._open[i] = LevelZeroDevice(self, target, rt.lib, *rt.devices[i])
         return dev
 
-    def can_run(self, info: BuildInfo, device: "LevelZeroDevice") -> Fit:
+    def can_run(self, info, device: "LevelZeroDevice") -> Fit:
         req = info.requires
         if req.kind in ("intel-gpu", "intel-gpu-fat"):
             return _intel.can_run(info, device)
@@ -317,7 +317,7 @@ class LevelZeroDevice(Device):
         return NativeBinary(binary=binary, info=info, ir=ir)
 
     def payload(self, native: NativeBinary, fit: Fit) -> bytes:
-        if native.info.requires.kind in ("intel-gpu", "intel-gpu-fat"):
+        if native.requires.kind in ("intel-gpu", "intel-gpu-fat"):
             return _intel.payload(native.binary, fit)
         return super().payload(native, fit)
 

@@ -264,7 +264,7 @@ class OclocBackend(Backend):
                                                             tuple(oc.ip_version(n) for n in names))
         return dev
 
-    def can_run(self, info: BuildInfo, device: "OclocDevice") -> Fit:
+    def can_run(self, info, device: "OclocDevice") -> Fit:
         return Fit(False, f"{device.target} is an offline target: load on a level-zero or opencl device",
                    "offline")
 

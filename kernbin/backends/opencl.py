@@ -182,7 +182,7 @@ class OpenCLBackend(Backend):
             dev = self._open[index] = OpenCLDevice(self, target, p, d)
         return dev
 
-    def can_run(self, info: BuildInfo, device: "OpenCLDevice") -> Fit:
+    def can_run(self, info, device: "OpenCLDevice") -> Fit:
         req = info.requires
         if req.kind == "opencl-runtime":
             return exact_match(req.values, device.requirements_for_own_binaries().values, "runtime",
@@ -286,7 +286,7 @@ class OpenCLDevice(Device):
         return "opencl-cpu-elf" if _type_name(self.cl_device) == "cpu" else "opencl-binary"
 
     def payload(self, native: NativeBinary, fit: Fit) -> bytes:
-        if native.info.requires.kind in ("intel-gpu", "intel-gpu-fat"):
+        if native.requires.kind in ("intel-gpu", "intel-gpu-fat"):
             return _intel.payload(native.binary, fit)
         if self._binary_format() == "opencl-cpu-elf" and "Intel" in self.platform.name:
             problem = opencl_elf.quick_check(native.binary)
