@@ -12,8 +12,8 @@ function handle taken):
 ``minimal``  the least a verifying loader can do, inline, no kernbin code (as ``cuda_load_floor.py``):
              BLAKE3 the header, decode it typed (only the section table / manifest and the runs-on fields),
              BLAKE3 each native blob, the SM rule, then the raw calls;
-``kernbin``  ``kernbin.load(path, device).kernel(name)`` per ``.knb``; for a bundle ``open_bundle(path)`` then
-             ``load(name, device).kernel(name)`` for every kernel.
+``kernbin``  ``kernbin.load(path, device).kernel(name)`` per ``.knb``; for a bundle ``open_bundle(path)``, then
+             ``load_many(names, device)`` and ``module.kernel(name)`` for every kernel.
 
 Layouts: ``knb`` (N loose ``.knb`` files) and ``bundle`` (one bundle of N kernels; its ``raw`` is still the
 loose-cubin floor). The N kernels are one real cubin (built offline with nvJitLink from a sample's PTX) under
@@ -150,8 +150,7 @@ def run(names, bundle_path):
             keep.append((m, m.kernel(n)))
     else:
         b = kernbin.open_bundle(bundle_path)
-        for n in names:
-            m = b.load(n, device, fallback=False)
+        for n, m in b.load_many(names, device, fallback=False).items():
             keep.append((m, m.kernel(n)))
         keep.append(b)
     return keep

@@ -17,7 +17,7 @@ from typing import Any, Mapping
 import msgspec
 
 from . import container
-from ._fs import atomic_write
+from ._fs import atomic_write, read_regular_file
 from .device import Requirements, Toolchain
 from .errors import InvalidBinary, InvalidIR, KernbinError
 from .ir import IR, read_ir
@@ -112,25 +112,25 @@ class BuildInfo:
 # -- the typed JSON schema of BuildInfo (decoded in C by msgspec; unknown keys are ignored so that
 # a newer kernbin may add fields without a format bump) -----------------------------------------
 
-class _KernelJSON(msgspec.Struct):
+class _KernelJSON(msgspec.Struct, gc=False):
     name: str
     attributes: dict[str, int | str] = {}
 
 
-class _ToolchainJSON(msgspec.Struct):
+class _ToolchainJSON(msgspec.Struct, gc=False):
     backend: str
     compiler: str
     driver: str
     versions: dict[str, str] = {}
 
 
-class _OptionsJSON(msgspec.Struct):
+class _OptionsJSON(msgspec.Struct, gc=False):
     flags: list[str]
     register_file: str = "default"
     spill_threshold: int = 0
 
 
-class _BuildJSON(msgspec.Struct):
+class _BuildJSON(msgspec.Struct, gc=False):
     target: str
     toolchain: _ToolchainJSON
     requires: dict[str, Any]
@@ -148,11 +148,39 @@ class _BuildJSON(msgspec.Struct):
     extra: dict[str, Any] = {}
 
 
-class _MetaJSON(msgspec.Struct):
+class _MetaJSON(msgspec.Struct, gc=False):
     build: _BuildJSON
 
 
+class _NameJSON(msgspec.Struct, gc=False):
+    name: str
+
+
+class _GateBuild(msgspec.Struct, gc=False):
+    """What the load gate reads of a build info (the decoder skips the rest)."""
+    requires: dict[str, Any]
+    toolchain: _ToolchainJSON
+    target: str
+    kernels: list[_NameJSON] = []
+
+
+class _GateMeta(msgspec.Struct, gc=False):
+    build: _GateBuild
+
+
+class _GateBuildRaw(msgspec.Struct, gc=False):
+    """:class:`_GateBuild` with ``requires`` and ``toolchain`` left as JSON text: a bundle read in bulk
+    builds one :class:`Requirements` per distinct text, however many entries share it."""
+    requires: msgspec.Raw
+    toolchain: msgspec.Raw
+    target: str
+    kernels: list[_NameJSON] = []
+
+
 _META = msgspec.json.Decoder(_MetaJSON)
+_BUILD = msgspec.json.Decoder(_BuildJSON)
+_GATE_META = msgspec.json.Decoder(_GateMeta)
+_GATE_BUILD = msgspec.json.Decoder(_GateBuild)
 
 
 _MAX_DEPTH = 32
@@ -243,31 +271,63 @@ class _IRField:
 
 
 class _PendingInfo:
-    """The build info of a verified ``.knb`` header or bundle entry: decoded once, typed, in C
-    (:class:`_BuildJSON`: every field's type checked), but the :class:`BuildInfo` object (toolchain,
-    options, kernels, the depth and range checks of its free-form parts) is built only when someone
-    asks for ``native.info``. The load gate reads :attr:`requires` and :attr:`kernel_names` only."""
-    __slots__ = ("j", "raw", "digest", "_requires")
+    """The build info of a verified ``.knb`` header or bundle entry, read in two steps.
 
-    def __init__(self, j: "_BuildJSON", raw: bytes, digest: bytes | None):
-        self.j, self.raw, self.digest, self._requires = j, raw, digest, None
+    A load needs only what the gate reads: one typed decode (in C) of ``requires``, the target, the
+    toolchain and the kernel names (:class:`_GateBuild`); the rest is skipped by the decoder.
+    Everything else (the whole typed :class:`_BuildJSON`, then the :class:`BuildInfo` object with the
+    depth and range checks of its free-form parts) is decoded and built only when someone asks for
+    ``native.info`` (or ``verify()``): a defect there is an :class:`InvalidBinary` (rule ``build-info``)
+    then. ``raw`` is the JSON (``{"build": {...}}`` when ``wrapped``: a ``.knb`` header's meta; else
+    the build info itself), or a function giving it (a bundle entry: cut out of its kernel's
+    manifest entry only when needed)."""
+    __slots__ = ("raw", "digest", "wrapped", "requires", "names", "target", "_tc", "_j")
 
-    @property
-    def requires(self) -> Requirements:
-        r = self._requires
-        if r is None:
-            r = self._requires = Requirements.from_decoded(self.j.requires)
-        return r
+    def __init__(self, raw, digest: bytes | None, wrapped: bool, gate=None, requires=None):
+        if gate is None:
+            try:
+                gate = _GATE_META.decode(raw).build if wrapped else _GATE_BUILD.decode(raw)
+            except (msgspec.DecodeError, ValueError, TypeError, RecursionError, ArithmeticError) as e:
+                raise InvalidBinary(f"bad build info: {e}", rule="build-info") from None
+        self.raw, self.digest, self.wrapped, self._j = raw, digest, wrapped, None
+        self.requires = requires if requires is not None else Requirements.from_decoded(gate.requires)
+        self.names, self.target, self._tc = gate.kernels, gate.target, gate.toolchain
 
     @property
     def kernel_names(self) -> tuple[str, ...]:
-        return tuple(k.name for k in self.j.kernels)
+        return tuple(k.name for k in self.names)
+
+    @property
+    def toolchain_key(self) -> str:
+        t = self._tc
+        if type(t) is not _ToolchainJSON:           # raw JSON (a bundle read in bulk): decode it now
+            try:
+                t = self._tc = msgspec.json.decode(t, type=_ToolchainJSON)
+            except (msgspec.DecodeError, ValueError, RecursionError) as e:
+                raise InvalidBinary(f"bad build info: {e}", rule="build-info") from None
+        return Toolchain(t.backend, t.compiler, t.driver, t.versions).key()
+
+    def _raw(self) -> bytes:
+        return self.raw if type(self.raw) is bytes else self.raw()
+
+    @property
+    def j(self) -> "_BuildJSON":
+        """The whole build info, typed (decoded on first use)."""
+        j = self._j
+        if j is None:
+            try:
+                raw = self._raw()
+                j = self._j = _META.decode(raw).build if self.wrapped else _BUILD.decode(raw)
+            except (msgspec.DecodeError, ValueError, TypeError, RecursionError, ArithmeticError) as e:
+                raise InvalidBinary(f"bad build info: {e}", rule="build-info") from None
+        return j
 
     def resolve(self) -> "BuildInfo":
+        j = self.j
         try:
             if self.digest is not None:
-                return _info_for_digest(self.digest, self.j, self.raw)
-            return _info_from(self.j, self.raw)
+                return _info_for_digest(self.digest, j, self._raw())
+            return _info_from(j, self._raw())
         except (ValueError, TypeError, KernbinError, RecursionError, ArithmeticError) as e:
             raise InvalidBinary(f"bad build info: {e}", rule="build-info") from None
 
@@ -342,10 +402,7 @@ class NativeBinary:
     def toolchain_key(self) -> str:
         """``info.toolchain.key()`` (who built it), without building the rest of the build info."""
         v = self.__dict__["_info"]
-        if type(v) is _PendingInfo:
-            t = v.j.toolchain
-            return Toolchain(t.backend, t.compiler, t.driver, t.versions).key()
-        return v.toolchain.key()
+        return v.toolchain_key if type(v) is _PendingInfo else v.toolchain.key()
 
     @classmethod
     def _of(cls, binary: bytes, info, ir) -> "NativeBinary":
@@ -373,7 +430,6 @@ class NativeBinary:
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> "NativeBinary":
         """Read and verify a ``.knb`` file (a regular file: FIFOs and devices are refused)."""
-        from ._fs import read_regular_file
         return cls.from_bytes(read_regular_file(path, MAX_KNB_BYTES, what=".knb file"))
 
     @classmethod
@@ -475,13 +531,8 @@ def _frozen(info: BuildInfo) -> BuildInfo:
 
 
 def _pending_for(c) -> "_PendingInfo":
-    """The build info of a verified container header: one typed decode (in C), the rest lazily."""
-    raw = c.meta_raw
-    try:
-        j = _META.decode(raw).build
-    except (msgspec.DecodeError, ValueError, TypeError, RecursionError, ArithmeticError) as e:
-        raise InvalidBinary(f"bad build info in the header: {e}", rule="build-info") from None
-    return _PendingInfo(j, raw, c.header_digest)
+    """The build info of a verified container header: what the gate reads now, the rest lazily."""
+    return _PendingInfo(c.meta_raw, c.header_digest, True)
 
 
 def _info_for_digest(digest: bytes, j: "_BuildJSON", raw: bytes) -> BuildInfo:

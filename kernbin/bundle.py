@@ -28,7 +28,7 @@ from typing import Any
 import msgspec
 
 from . import container
-from .artifact import BuildInfo, NativeBinary, _BuildJSON, _PendingInfo
+from .artifact import BuildInfo, NativeBinary, _GateBuildRaw, _PendingInfo
 from .errors import IncompatibleBinary, InvalidBinary, KernbinError
 from .ir import read_ir
 
@@ -38,32 +38,50 @@ __all__ = ["BUNDLE_MAGIC", "BUNDLE_VERSION", "Bundle", "BundleEntry", "BundleErr
 BUNDLE_MAGIC = b"\x89KBN\r\n\x1a\n"
 BUNDLE_VERSION = 1
 ALIGN = 64
+READ_WHOLE = 64 << 20                 # bundles up to this size are read whole at open
 MAX_MANIFEST = 64 << 20                # a manifest of thousands of kernels x targets fits easily
 NAME_PATTERN = r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}"
 _NAME = re.compile(NAME_PATTERN)
 _BLOB = re.compile(r"b[0-9]{1,9}")
 
 
-class _EntryJSON(msgspec.Struct, forbid_unknown_fields=True):
+class _EntryJSON(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     blob: str
-    info: _BuildJSON                  # typed (in C) with its kernel; the BuildInfo object is built lazily
+    info: msgspec.Raw                 # what the gate reads is decoded when the entry is first asked for
 
 
-class _KernelJSON(msgspec.Struct, forbid_unknown_fields=True):
+class _KernelJSON(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     entries: list[_EntryJSON]
     ir: str | None = None
     ir_kind: str | None = None
     ir_sha256: str | None = None
 
 
-class _ManifestJSON(msgspec.Struct, forbid_unknown_fields=True):
+class _ManifestJSON(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     kbundle: int
     kernels: dict[str, msgspec.Raw]   # each kernel decoded and checked when first asked for
     created_by: str = ""
 
 
+class _EntryGateJSON(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    blob: str
+    info: _GateBuildRaw               # what the gate reads; the decoder skips the rest
+
+
+class _KernelGateJSON(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    entries: list[_EntryGateJSON]
+    ir: str | None = None
+    ir_kind: str | None = None
+    ir_sha256: str | None = None
+
+
+class _ManifestGateJSON(msgspec.Struct, gc=False):
+    kernels: dict[str, _KernelGateJSON]
+
+
 _MANIFEST = msgspec.json.Decoder(_ManifestJSON)
 _KERNEL = msgspec.json.Decoder(_KernelJSON)
+_MANIFEST_GATE = msgspec.json.Decoder(_ManifestGateJSON)
 
 
 class BundleError(InvalidBinary):
@@ -92,7 +110,7 @@ class BundleEntry:
     @property
     def target(self) -> str:
         v = self._info
-        return v.j.target if type(v) is _PendingInfo else v.target
+        return v.target
 
     @property
     def requires(self):
@@ -104,11 +122,7 @@ class BundleEntry:
     @property
     def toolchain_key(self) -> str:
         v = self._info
-        if type(v) is _PendingInfo:
-            from .device import Toolchain
-            t = v.j.toolchain
-            return Toolchain(t.backend, t.compiler, t.driver, t.versions).key()
-        return v.toolchain.key()
+        return v.toolchain_key if type(v) is _PendingInfo else v.toolchain.key()
 
     @property
     def kernel_names(self) -> tuple[str, ...]:
@@ -146,9 +160,17 @@ class Bundle:
             except BaseException:
                 os.close(fd)
                 raise
-            # read with pread, never mapped: a file truncated or replaced under an open bundle gives a
-            # clear error (or this bundle keeps its own view of the replaced file), never a SIGBUS
-            self._map = container.FileView(fd, st.st_size)
+            # read, never mapped: a file truncated or replaced under an open bundle gives a clear error
+            # (or this bundle keeps its own view), never a SIGBUS. Up to READ_WHOLE bytes are read at
+            # once (one system call; blobs are then slices in memory); larger bundles are read by
+            # pread as their blobs are asked for.
+            if st.st_size <= READ_WHOLE:
+                try:
+                    self._map = container.pread_exact(fd, st.st_size, 0)
+                finally:
+                    os.close(fd)
+            else:
+                self._map = container.FileView(fd, st.st_size)
         try:
             self._c = container.Container.parse(self._map, magic=BUNDLE_MAGIC, versions=(BUNDLE_VERSION,),
                                                 max_header=MAX_MANIFEST)
@@ -177,12 +199,50 @@ class Bundle:
             k = self._kernels[name] = _decode_kernel(self._c, name, raw)
         return k
 
+    def read_all_entries(self) -> None:
+        """Decode what the gate reads of every entry of every kernel in one pass (one typed decode
+        of the whole manifest, one :class:`~kernbin.device.Requirements` per distinct requirement):
+        what a loader does before making many kernels ready. Entries already read are kept."""
+        if len(self._entries) == len(self._manifest.kernels):
+            return
+        try:
+            m = _MANIFEST_GATE.decode(self._c.meta_raw)
+        except (msgspec.DecodeError, RecursionError, ValueError):
+            for name in self.names:         # the precise error, kernel by kernel
+                self.entries(name)
+            raise BundleError("bad manifest", rule="manifest") from None
+        reqs: dict = {}
+        c, blob_ok, got = self._c, _BLOB.fullmatch, self._entries
+        for name, k in m.kernels.items():
+            if name in got:
+                continue
+            out = []
+            for i, e in enumerate(k.entries):
+                if not blob_ok(e.blob) or e.blob not in c:
+                    raise BundleError(f"kernel {name!r} names blob {e.blob!r}, which the file does not hold",
+                                      rule="blob")
+                g = e.info
+                text = bytes(g.requires)
+                req = reqs.get(text)
+                if req is None:
+                    req = reqs[text] = _requirements(name, i, text)
+                out.append(BundleEntry(name, i, e.blob, _PendingInfo(_RawInfo(self, name, i), None, False, g, req)))
+            if k.ir is not None:
+                self._kernel(name)          # the IR reference's checks, as a lazy read does them
+            got[name] = out
+
+    def _entry_raw(self, name: str, i: int) -> bytes:
+        k = self._kernels.get(name)        # (its blob references were checked when it was read)
+        if k is None:
+            k = _KERNEL.decode(self._manifest.kernels[name])
+        return bytes(k.entries[i].info)
+
     def entries(self, name: str) -> list[BundleEntry]:
         """The native entries of kernel ``name`` (a dictionary lookup: the manifest is not scanned;
         each entry's build info is decoded and type-checked here, the first time it is asked for)."""
         got = self._entries.get(name)
         if got is None:
-            got = self._entries[name] = [BundleEntry(name, i, e.blob, _PendingInfo(e.info, b"", None))
+            got = self._entries[name] = [BundleEntry(name, i, e.blob, _entry_info(name, i, e))
                                          for i, e in enumerate(self._kernel(name).entries)]
         return list(got)
 
@@ -266,6 +326,32 @@ class Bundle:
         self.close()
 
 
+class _RawInfo:
+    """A bundle entry's build info JSON, cut out of its kernel's manifest entry when first needed."""
+    __slots__ = ("bundle", "name", "i")
+
+    def __init__(self, bundle, name: str, i: int):
+        self.bundle, self.name, self.i = bundle, name, i
+
+    def __call__(self) -> bytes:
+        return self.bundle._entry_raw(self.name, self.i)
+
+
+def _requirements(name: str, i: int, text: bytes):
+    from .device import Requirements
+    try:
+        return Requirements.from_decoded(msgspec.json.decode(text))
+    except (msgspec.DecodeError, RecursionError, ValueError, InvalidBinary) as err:
+        raise BundleError(f"kernel {name!r} entry {i}: bad build info: {err}", rule="build-info") from None
+
+
+def _entry_info(name: str, i: int, e: _EntryJSON) -> _PendingInfo:
+    try:
+        return _PendingInfo(bytes(e.info), None, False)
+    except InvalidBinary as err:
+        raise BundleError(f"kernel {name!r} entry {i}: {err.reason}", rule="build-info") from None
+
+
 def _decode_manifest(c) -> _ManifestJSON:
     try:
         m = _MANIFEST.decode(c.meta_raw)
@@ -284,8 +370,7 @@ def _decode_kernel(c, name: str, raw) -> _KernelJSON:
     try:
         k = _KERNEL.decode(raw)
     except (msgspec.DecodeError, RecursionError, ValueError) as e:
-        rule = "build-info" if ".info" in str(e) else "manifest"
-        raise BundleError(f"kernel {name!r}: bad manifest entry: {e}", rule=rule) from None
+        raise BundleError(f"kernel {name!r}: bad manifest entry: {e}", rule="manifest") from None
     for blob in [k.ir] + [e.blob for e in k.entries]:
         if blob is not None and (not _BLOB.fullmatch(blob) or blob not in c):
             raise BundleError(f"kernel {name!r} names blob {blob!r}, which the file does not hold", rule="blob")

@@ -154,14 +154,14 @@ def _check_prefix(prefix, total: int, magic: bytes, versions, max_header: int) -
     return version, hlen, hdigest
 
 
-class _Section(msgspec.Struct, forbid_unknown_fields=True):
+class _Section(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     name: str
     offset: int
     size: int
     digest: str
 
 
-class _Header(msgspec.Struct, forbid_unknown_fields=True):
+class _Header(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     align: int
     digest: str
     meta: msgspec.Raw                  # the format's own object, decoded by the format (typed) on demand
@@ -202,33 +202,33 @@ def _int(v) -> bool:
     return type(v) is int and v >= 0
 
 
-def _check_table(sections: list, align: int) -> tuple[list, int]:
+def _check_table(sections: list, align: int) -> tuple[dict, int]:
     """Validate the whole section table: names, order, alignment, no holes or overlaps (types were
-    checked by the decoder). Returns ([(name, offset, size, digest bytes)], end of the last section).
-    Nothing is read."""
-    out, seen, end = [], set(), 0
+    checked by the decoder). Returns ({name: (name, offset, size, digest bytes)} in file order, end
+    of the last section). Nothing is read."""
+    index, end, mask = {}, 0, align - 1
+    name_ok, hex_ok, fromhex = _NAME.fullmatch, _HEX.fullmatch, bytes.fromhex
     for s in sections:
         name, offset, size, hexd = s.name, s.offset, s.size, s.digest
-        if not _NAME.fullmatch(name):
+        if not name_ok(name):
             raise ContainerError("section-name", f"illegal section name {name!r}", section=name)
-        if name in seen:
+        if name in index:
             raise ContainerError("section-name", f"duplicate section name {name!r}", section=name)
-        seen.add(name)
         if offset < 0 or size < 0:
             raise ContainerError("section-table", f"section {name!r}: offset and size must be non-negative "
                                  f"integers, got {offset!r} and {size!r}", section=name)
-        if not _HEX.fullmatch(hexd):
+        if not hex_ok(hexd):
             raise ContainerError("section-table", f"section {name!r}: digest must be 64 lowercase hex digits",
                                  section=name)
-        expected = _round_up(end, align)
+        expected = (end + mask) & ~mask
         if offset != expected:
             why = ("overlaps the previous section" if offset < end else
                    "is not a multiple of the alignment" if offset % align else "leaves a hole")
             raise ContainerError("section-bounds", f"section {name!r} at offset {offset} {why} "
                                  f"(expected {expected}, align {align})", section=name)
         end = offset + size
-        out.append((name, offset, size, bytes.fromhex(hexd)))
-    return out, end
+        index[name] = (name, offset, size, fromhex(hexd))
+    return index, end
 
 
 class _Layout:
@@ -239,16 +239,15 @@ class _Layout:
 
     __slots__ = ("hbytes", "meta_raw", "align", "table", "index", "names", "start", "end")
 
-    def __init__(self, hbytes: bytes, meta_raw: bytes, align: int, table: list, end: int):
-        hlen = len(hbytes)
+    def __init__(self, hbytes: bytes, meta_raw: bytes, align: int, index: dict, end: int):
         self.hbytes = hbytes                    # known to hash to the digest it is cached under
         self.meta_raw = meta_raw                # the format's meta, raw JSON (immutable bytes)
         self.align = align
-        self.table = tuple(table)
-        self.index = {e[0]: e for e in table}
-        self.names = tuple(self.index)
-        self.start = _round_up(PREFIX_SIZE + hlen, align)     # absolute offset of the payload
-        self.end = self.start + end                            # = the exact file length
+        self.index = index                      # name -> (name, offset, size, digest), file order
+        self.table = tuple(index.values())
+        self.names = tuple(index)
+        self.start = (PREFIX_SIZE + len(hbytes) + align - 1) & -align  # absolute offset of the payload
+        self.end = self.start + end                                     # = the exact file length
 
     def check_length(self, total: int) -> None:
         """The file must end exactly where the last section (or, with none, the padding) ends."""
@@ -271,16 +270,19 @@ def _layout(hbytes: bytes, hdigest: bytes, total: int) -> tuple[_Layout, dict]:
     bytes were verified before, else digest check ("header-digest" first), JSON and table."""
     layout = _LAYOUTS.get(hdigest)
     if layout is not None and layout.hbytes == hbytes:   # these bytes were hashed to hdigest before
-        layout.check_length(total)
+        if total != layout.end:
+            layout.check_length(total)
         return layout, None                               # meta decoded on first use
     if blake3(hbytes).digest() != hdigest:
         raise ContainerError("header-digest", "header digest mismatch (corrupted header)")
     doc = _decode_header(hbytes)
     align = doc.align
-    _check_align(align)
-    table, end = _check_table(doc.sections, align)
-    layout = _Layout(hbytes, bytes(doc.meta), align, table, end)
-    layout.check_length(total)
+    if not 1 <= align <= MAX_ALIGN or align & (align - 1):
+        _check_align(align)
+    index, end = _check_table(doc.sections, align)
+    layout = _Layout(hbytes, bytes(doc.meta), align, index, end)
+    if total != layout.end:
+        layout.check_length(total)
     if len(hbytes) <= _LAYOUT_CACHE_MAX_HEADER:
         if len(_LAYOUTS) >= _LAYOUT_CACHE_ENTRIES:
             try:
@@ -317,6 +319,22 @@ def _read_exact(read: Callable[[int], bytes], n: int) -> bytes:
     return b"".join(parts)
 
 
+def pread_exact(fd: int, n: int, start: int) -> bytes:
+    """``n`` bytes of ``fd`` from offset ``start``; "truncated" if the file ends first (it shrank)."""
+    data = os.pread(fd, n, start)
+    if len(data) != n:
+        parts, got = [data], len(data)
+        while got < n:
+            chunk = os.pread(fd, n - got, start + got)
+            if not chunk:
+                raise ContainerError("truncated", f"the file shrank while open: {got} of {n} bytes at "
+                                                  f"offset {start} could be read")
+            parts.append(chunk)
+            got += len(chunk)
+        data = b"".join(parts)
+    return data
+
+
 class FileView:
     """An open file read as a buffer: ``view[a:b]`` is ``pread`` of those bytes. Unlike a mapping, a
     file truncated underneath gives a "truncated" :class:`ContainerError` (never a SIGBUS), and a file
@@ -331,21 +349,9 @@ class FileView:
 
     def __getitem__(self, s: slice) -> bytes:
         start, stop, _ = s.indices(self.size)
-        n = max(0, stop - start)
         if self.fd < 0:
             raise ValueError("read of a closed file view")
-        data = os.pread(self.fd, n, start)
-        if len(data) != n:
-            parts, got = [data], len(data)
-            while got < n:
-                chunk = os.pread(self.fd, n - got, start + got)
-                if not chunk:
-                    raise ContainerError("truncated", f"the file shrank while open: {got} of {n} bytes at "
-                                                      f"offset {start} could be read")
-                parts.append(chunk)
-                got += len(chunk)
-            data = b"".join(parts)
-        return data
+        return pread_exact(self.fd, max(0, stop - start), start)
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -385,14 +391,21 @@ class Container:
         Sections are copied out of ``buffer`` before their digest is computed, so a buffer
         changing underneath (a shared mmap) can fail a read but never pass bad bytes. A
         bytearray or memoryview stays exported (cannot be resized) while the container lives."""
-        _check_magic_arg(magic)
-        if not isinstance(buffer, (bytes, mmap.mmap, FileView)):
+        if type(magic) is not bytes or len(magic) != 8:
+            _check_magic_arg(magic)
+        if type(buffer) is not bytes and not isinstance(buffer, (mmap.mmap, FileView)):
             buffer = memoryview(buffer).cast("B")
         total = len(buffer)
-        version, hlen, hdigest = _check_prefix(buffer[:PREFIX_SIZE], total, magic, versions, max_header)
+        prefix = buffer[:PREFIX_SIZE]
+        if total >= PREFIX_SIZE:
+            found, version, hlen, hdigest = _PREFIX.unpack_from(prefix)
+            if found != magic or version not in versions or hlen > max_header or PREFIX_SIZE + hlen > total:
+                _check_prefix(prefix, total, magic, versions, max_header)      # raises the precise error
+        else:
+            _check_prefix(prefix, total, magic, versions, max_header)
         hend = PREFIX_SIZE + hlen
         layout, meta = _layout(bytes(buffer[PREFIX_SIZE:hend]), hdigest, total)
-        if layout.align > 1:
+        if layout.start > hend or len(layout.table) > 1 and layout.align > 1:
             for at, n in _gaps(hend, layout.start, layout.table):
                 if buffer[at:at + n] != bytes(n):
                     raise ContainerError("padding", f"non-zero padding at byte {at}")
@@ -477,7 +490,8 @@ class Container:
         data = self._verified.get(name)
         if data is not None:
             return data
-        _, offset, n, digest = self._entry(name)
+        entry = self._layout.index.get(name)
+        _, offset, n, digest = entry if entry is not None else self._entry(name)
         if name not in self._bad and self._buf is not None:
             at = self._layout.start + offset
             buf = self._buf

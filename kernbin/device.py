@@ -149,12 +149,16 @@ class Requirements:
     def from_json(cls, obj) -> "Requirements":
         if not isinstance(obj, dict) or not isinstance(obj.get("kind"), str):
             raise ValueError("requirements must be an object with a string 'kind'")
-        values = {k: v if type(v) in _SCALARS else _json_value(v, "requirements")
-                  for k, v in obj.items() if k != "kind"}
+        values = dict(obj)
+        kind = values.pop("kind")
+        for v in values.values():
+            if type(v) not in _SCALARS:           # nested data: checked (and copied) value by value
+                values = {k: _json_value(v, "requirements") for k, v in values.items()}
+                break
         if "members" in values and not (isinstance(values["members"], list)
                                         and all(isinstance(m, dict) for m in values["members"])):
             raise ValueError("requirements 'members' must be a list of objects")
-        return cls(obj["kind"], values)
+        return cls(kind, values)
 
     def describe(self) -> str:
         if self.kind == "intel-gpu":

@@ -393,27 +393,47 @@ def _bundle_fallback(bundle, name: str, device, failed: Exception, cache):
 def load_many(bundle, names=None, target="opencl:cpu", *, fallback: bool = True, cache=None) -> dict:
     """``{name: Module}`` for many kernels of a bundle (default: all of them), every one ready.
 
-    One pass gates every kernel (the manifest was decoded once, typed, at open); then the chosen
-    blobs' digests are all checked in one warm pass before the first driver call, so the driver's
-    calls are not interleaved with kernbin's checks; then the driver loads them one after the other.
-    A kernel whose entry is damaged, refused or rejected by the runtime takes the path of
-    :meth:`OpenBundle.load` (fallback to its IR, with the reason), the others are not held up."""
+    One pass reads what the gate needs of every entry (one typed decode of the manifest) and gates
+    each distinct requirement once; then the chosen blobs' digests are all checked in one warm pass
+    before the first driver call, so the driver's calls are not interleaved with kernbin's checks;
+    then the driver loads them one after the other. A kernel whose entry is damaged, refused or
+    rejected by the runtime takes the path of :meth:`OpenBundle.load` (fallback to its IR, with the
+    reason); the others are not held up."""
     device = _device(target)
     names = bundle.names if names is None else tuple(names)
-    chosen = [(name, *choose_entry(bundle, name, device)) for name in names]
+    if len(names) > 1:
+        bundle.read_all_entries()
+    can_run, verdicts, chosen = device.backend.can_run, {}, []
+    for name in names:
+        entries = bundle.entries(name)
+        if len(entries) == 1:                         # the common case: one entry per target held
+            e = entries[0]
+            info = e._info
+            key = (id(info.requires), info._tc if type(info._tc) is bytes else id(info._tc))
+            fit = verdicts.get(key)
+            if fit is None:
+                try:
+                    fit = verdicts[key] = can_run(e, device)
+                except KernbinError:
+                    fit = None
+            if fit is not None and fit.ok:
+                chosen.append((name, e, fit, None))
+                continue
+        chosen.append((name, *choose_entry(bundle, name, device)))
     blobs: dict = {}
+    blob = bundle.blob
     for _, entry, _, _ in chosen:                       # bulk digests, before any driver call
         if entry is not None and entry.blob not in blobs:
             try:
-                blobs[entry.blob] = bundle.blob(entry.blob)
+                blobs[entry.blob] = blob(entry.blob)
             except InvalidBinary as e:
                 blobs[entry.blob] = e
     out = {}
-    load_native, payload_of = device.load_native, device.payload
+    load_native, payload_of, of = device.load_native, device.payload, NativeBinary._of
     for name, entry, fit, reasons in chosen:
-        blob = blobs.get(entry.blob) if entry is not None else None
-        if entry is not None and type(blob) is bytes:
-            native = NativeBinary._of(blob, entry._info, None)
+        data = blobs.get(entry.blob) if entry is not None else None
+        if type(data) is bytes:
+            native = of(data, entry._info, None)
             try:
                 module = load_native(native, payload_of(native, fit))
             except (InvalidBinary, RuntimeAPIError) as e:
@@ -422,11 +442,12 @@ def load_many(bundle, names=None, target="opencl:cpu", *, fallback: bool = True,
                 if fit.member is not None:
                     module.member = fit.member
                 module.bundle_choice = {"entry": entry.target, "index": entry.index, "source": "native",
-                                        "reasons": reasons}
+                                        "reasons": reasons if reasons is not None else
+                                        [f"{entry.target}: fits" + (f" ({fit.member})" if fit.member else "")]}
                 out[name] = module
                 continue
         else:
-            failed = blob if blob is not None else _no_entry(bundle, name, device,
+            failed = data if data is not None else _no_entry(bundle, name, device,
                                                               "; ".join(_refusals(reasons)) or "no native entry")
         if not fallback:
             raise failed

@@ -60,9 +60,9 @@ def check_selector(backend: str, selector: str, spec: str) -> None:
 def open_device(target):
     """A live device for ``target`` (a target string, a :class:`~kernbin.target.Target`, or a device
     already open, returned as is), shared within the process."""
-    from ..target import Target, parse_target
-    if not isinstance(target, (str, Target)):
+    if hasattr(target, "load_native"):             # a device already
         return target
+    from ..target import parse_target
     t = parse_target(target)
     return get_backend(t.backend).open(t)
 

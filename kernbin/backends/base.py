@@ -147,12 +147,14 @@ class Module(ABC):
     ``native`` is None only for modules from :meth:`Device.load_ir` / :meth:`Device.load_binary`;
     ``member`` names the fat-binary member that was loaded, if any."""
 
+    source = "native"                       # class defaults: a native load sets only what differs
+    fallback_reason: str | None = None
+    member: str | None = None
+    bundle_choice: dict | None = None
+
     def __init__(self, device: Device, native: NativeBinary | None):
         self.device = device
         self.native = native
-        self.source = "native"
-        self.fallback_reason: str | None = None
-        self.member: str | None = None
         self._kernels: dict[str, Kernel] = {}
 
     @property

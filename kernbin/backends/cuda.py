@@ -157,7 +157,7 @@ class CudaBackend(Backend):
         return dev
 
     def can_run(self, info, device: Device) -> Fit:
-        if isinstance(device, CudaOfflineDevice):
+        if type(device) is not CudaDevice:
             return Fit(False, f"{device.target} is an offline target: load on cuda:N", "offline")
         req = info.requires
         if req.kind not in ("cuda", "cuda-fat"):
@@ -419,9 +419,12 @@ class CudaDevice(Device):
         b = native.binary
         req = native.requires
         if req.kind == "cuda":
-            if not cufmt.is_cubin(b):
-                raise InvalidBinary("not a cubin (ELF64 for machine 190)", rule="device-binary")
-            if req.get("code") != "cubin" or cufmt.cubin_sm(b) != req.get("sm"):
+            try:
+                sm = cufmt.cubin_sm(b)
+            except InvalidBinary:
+                raise InvalidBinary("not a cubin (ELF64 for machine 190)", rule="device-binary") from None
+            v = req.values
+            if v.get("code") != "cubin" or sm != v.get("sm"):
                 raise InvalidBinary(f"the cubin is for sm_{cufmt.cubin_sm(b)}, its build info says "
                                     f"{req.get('code')} sm_{req.get('sm')}", rule="device-binary")
             return b
@@ -485,9 +488,8 @@ def _func_attributes(cu, f) -> dict[str, int]:
 
 class CudaModule(Module):
     def __init__(self, device: CudaDevice, native: NativeBinary | None, handle, names=()):
-        super().__init__(device, native)
-        self.handle = handle
-        self._names = native.kernel_names if native is not None and native.kernel_names else tuple(names)
+        self.device, self.native, self.handle, self._kernels = device, native, handle, {}
+        self._names = tuple(names) if names else None        # None: from the build info, when asked
 
     def __del__(self):
         _unload(self.device.cu, self.handle)
@@ -495,6 +497,8 @@ class CudaModule(Module):
     @property
     def kernel_names(self) -> tuple[str, ...]:
         """Kernel names: recorded at build time, or asked of the driver (CUDA 12.4+)."""
+        if self._names is None:
+            self._names = self.native.kernel_names if self.native is not None else ()
         if not self._names:
             cu = self.device.cu
             try:
