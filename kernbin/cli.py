@@ -43,6 +43,13 @@ def _plain(text) -> str:
     return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
+def _check_output(path) -> None:
+    """Outputs are regular files: refuse a directory, device node, FIFO or socket at ``path`` now,
+    before any work (``atomic_write`` refuses it again when it writes)."""
+    from kernbin._fs import check_output
+    check_output(path)
+
+
 def _print_json(obj) -> None:
     print(json.dumps(obj, indent=2, sort_keys=False))
 
@@ -84,6 +91,7 @@ def cmd_build(args) -> int:
         raise kernbin.TargetError("a --target is given twice", next(t for t in targets if targets.count(t) > 1))
     if len(targets) == 1:
         outputs = {targets[0]: args.output}
+        _check_output(args.output)          # before building: a device, FIFO or directory there is refused
     else:   # several targets: -o names a directory, one .knb per target
         os.makedirs(args.output, exist_ok=True)
         stem = os.path.splitext(os.path.basename(args.input))[0]
@@ -217,11 +225,19 @@ def _trusted(keys):
 
 
 def _is_bundle(path) -> bool:
+    """Whether ``path`` starts like a bundle. Opened non-blocking, and only a regular file is read: a
+    FIFO, device or directory is not a bundle (``kernbin.check`` then refuses it, rule ``"not-regular"``)."""
+    from kernbin._fs import FileRefused, open_regular
     try:
-        with open(path, "rb") as f:
-            head = f.read(8)
+        fd = open_regular(path)
+    except (OSError, FileRefused):
+        return False
+    try:
+        head = os.read(fd, 8)
     except OSError:
         return False
+    finally:
+        os.close(fd)
     from kernbin.bundle import is_bundle
     return is_bundle(head)
 
@@ -305,6 +321,8 @@ def cmd_bundle_create(args, add_to=None) -> int:
     targets = [str(kernbin.parse_target(t)) for t in args.target]
     if len(set(targets)) != len(targets):
         raise kernbin.TargetError("a --target is given twice", next(t for t in targets if targets.count(t) > 1))
+    if add_to is None:
+        _check_output(args.output)
     prog, progress = _bundle_progress(args, len(targets) * len(args.inputs))
     kw = dict(grf=args.grf, spill_threshold=args.spill_threshold, keep_ir=not args.no_ir, jobs=args.jobs,
               use_cache=not args.no_cache, sign_key=_private_key(args.sign), add_to=add_to, progress=progress,
