@@ -224,6 +224,38 @@ def _trusted(keys):
     return [signing.load_public_key(k) for k in keys]
 
 
+def _trust_in_force(key_args):
+    """``(keys, source)``: the public keys a signature must be by, and where they came from
+    (``"--key"``, else ``"KERNBIN_TRUSTED_KEYS"``); ``(None, None)`` when no trust is asked for."""
+    if key_args:
+        return _trusted(key_args), "--key"
+    if os.environ.get("KERNBIN_TRUSTED_KEYS"):
+        from kernbin import signing
+        return signing.trusted_keys_from_env(), "KERNBIN_TRUSTED_KEYS"
+    return None, None
+
+
+def _key_ids(keys) -> list:
+    from kernbin import signing
+    return [signing.key_id(k) for k in keys or []]
+
+
+class _BundleTrustChecked:
+    """While a bundle's entries are checked one by one: its signature was verified against the keys
+    in force, and that signature covers every entry; an entry alone carries none, so
+    ``KERNBIN_TRUSTED_KEYS`` must not make ``kernbin.check`` ask it for one (it is set aside, then
+    restored, as ``kernbin.check``'s child process does)."""
+
+    def __enter__(self):
+        self._saved = os.environ.pop("KERNBIN_TRUSTED_KEYS", None)
+        return self
+
+    def __exit__(self, *exc):
+        if self._saved is not None:
+            os.environ["KERNBIN_TRUSTED_KEYS"] = self._saved
+        return False
+
+
 def _is_bundle(path) -> bool:
     """Whether ``path`` starts like a bundle. Opened non-blocking, and only a regular file is read: a
     FIFO, device or directory is not a bundle (``kernbin.check`` then refuses it, rule ``"not-regular"``)."""
@@ -263,17 +295,20 @@ def _check_bundle(args) -> int:
     """Every kernel of a bundle on one target: which entry the gate picks, and whether it loads."""
     import kernbin
     device = kernbin.open_device(args.target)
-    out = {"file": args.file, "target": str(device.target), "device": device.id.describe(), "kernels": {}}
+    keys, source = _trust_in_force(args.key)
+    out = {"file": args.file, "target": str(device.target), "device": device.id.describe(), "kernels": {},
+           "signed_by": None, "trusted_keys": _key_ids(keys), "trusted_keys_from": source}
+    checked = f" (checked against {source})" if source else ""
     try:
-        b = kernbin.open_bundle(args.file, trusted_keys=_trusted(args.key))
+        b = kernbin.open_bundle(args.file, trusted_keys=keys, require_signature=keys is not None)
     except kernbin.InvalidBinary as e:
         out.update(ok=False, verdict="gate", rule=e.rule, reason=e.reason)
         if args.json:
             _print_json(out)
         else:
-            print(f"not loadable (kernbin refused it before the driver saw it): {e.reason}")
+            print(f"not loadable (kernbin refused it before the driver saw it): {e.reason}{checked}")
         return EXIT_NOT_LOADABLE
-    with b:
+    with b, _BundleTrustChecked():
         out["signed_by"] = b.signed_by
         for name in b.names:
             entry, reasons = b.select(name, device)
@@ -289,6 +324,8 @@ def _check_bundle(args) -> int:
     if args.json:
         _print_json(out)
     else:
+        if out["signed_by"]:
+            print(f"signed by trusted key {out['signed_by']}{checked}")
         for name, r in out["kernels"].items():
             state = f"ok ({r['entry']})" if r["ok"] else f"not loadable ({r['verdict']}): {r['reason']}"
             print(f"{name}: {state}")
@@ -376,24 +413,26 @@ def cmd_bundle_inspect(args) -> int:
 def cmd_bundle_verify(args) -> int:
     import kernbin
     from kernbin import signing
-    out = {"file": args.file, "ok": False, "signed_by": None, "reason": "", "rule": ""}
+    keys, source = _trust_in_force(args.key)      # --key, else KERNBIN_TRUSTED_KEYS: then a signature is a must
+    out = {"file": args.file, "ok": False, "signed_by": None, "reason": "", "rule": "", "trusted": False,
+           "trusted_keys": _key_ids(keys), "trusted_keys_from": source}
     try:
-        with kernbin.open_bundle(args.file, trusted_keys=_trusted(args.key),
-                                 require_signature=True if args.key else False) as b:
+        with kernbin.open_bundle(args.file, trusted_keys=keys, require_signature=keys is not None) as b:
             b.verify()
             out.update(ok=True, signed_by=b.signed_by or (signing.signature_of(b._c) or {}).get("key_id"),
-                       trusted=bool(args.key))
+                       trusted=keys is not None)
     except kernbin.InvalidBinary as e:
         out.update(reason=e.reason, rule=e.rule)
+    checked = f" (checked against {source}: {', '.join(out['trusted_keys']) or 'no keys'})" if source else ""
     if args.json:
         _print_json(out)
     elif out["ok"]:
-        who = f"signed by trusted key {out['signed_by']}" if args.key else (
-            f"signed by {out['signed_by']} (not checked against a trusted key: pass --key)" if out["signed_by"]
-            else "unsigned")
+        who = f"signed by trusted key {out['signed_by']}{checked}" if out["trusted"] else (
+            f"signed by {out['signed_by']} (not checked against a trusted key: pass --key or set "
+            "KERNBIN_TRUSTED_KEYS)" if out["signed_by"] else "unsigned")
         print(f"ok: every digest matches; {who}")
     else:
-        print(f"FAILED ({out['rule']}): {out['reason']}")
+        print(f"FAILED ({out['rule']}): {out['reason']}{checked}")
     return 0 if out["ok"] else EXIT_NOT_LOADABLE
 
 

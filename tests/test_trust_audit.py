@@ -103,3 +103,62 @@ def test_check_of_a_fifo_is_refused_without_hanging(tmp_path):
         p = subprocess.run([sys.executable, "-m", "kernbin", *args], capture_output=True, text=True, cwd=ROOT,
                            timeout=30)
         assert p.returncode != 0 and "Traceback" not in p.stderr, args
+
+
+# -- items 6 and 7: KERNBIN_TRUSTED_KEYS holds for bundles ------------------------------------------
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory):
+    """A bundle of vadd for the CPU runtime, signed, and the same unsigned; the key pair and a second key."""
+    d = tmp_path_factory.mktemp("trust")
+    try:
+        nb = kernbin.build(SAMPLES["vadd"].spv, "opencl:cpu")
+    except kernbin.KernbinError as e:
+        pytest.skip(f"no OpenCL CPU device: {e}")
+    from kernbin.bundle import write_bundle
+    priv, pub = signing.generate_key(str(d / "key"))
+    _, other = signing.generate_key(str(d / "other"))
+    kernels = {"vadd": {"ir": nb.ir, "natives": [nb.without_ir()]}}
+    return {"signed": write_bundle(d / "s.kbin", kernels, sign_key=priv),
+            "unsigned": write_bundle(d / "u.kbin", kernels), "pub": pub, "other": other,
+            "kid": signing.key_id(signing.load_public_key(pub))}
+
+
+def test_bundle_verify_with_env_keys_fails_an_unsigned_bundle(bundles):
+    env = {"KERNBIN_TRUSTED_KEYS": bundles["pub"]}
+    p = run_cli("bundle", "verify", bundles["unsigned"], "--json", env=env)
+    out = json.loads(p.stdout)
+    assert p.returncode == 2 and out["ok"] is False and out["rule"] == "unsigned"
+    assert out["trusted_keys_from"] == "KERNBIN_TRUSTED_KEYS" and out["trusted_keys"] == [bundles["kid"]]
+    p = run_cli("bundle", "verify", bundles["unsigned"], env=env)
+    assert p.returncode == 2 and bundles["kid"] in p.stdout      # says which key it was checked against
+
+
+def test_bundle_verify_with_env_keys_checks_a_signed_bundle(bundles):
+    env = {"KERNBIN_TRUSTED_KEYS": bundles["pub"]}
+    p = run_cli("bundle", "verify", bundles["signed"], "--json", env=env)
+    out = json.loads(p.stdout)
+    assert p.returncode == 0 and out["ok"] and out["trusted"] is True and out["signed_by"] == bundles["kid"]
+    assert out["trusted_keys_from"] == "KERNBIN_TRUSTED_KEYS"
+    p = run_cli("bundle", "verify", bundles["signed"], env=env)
+    assert p.returncode == 0 and bundles["kid"] in p.stdout and "not checked" not in p.stdout
+    p = run_cli("bundle", "verify", bundles["signed"], "--json", env={"KERNBIN_TRUSTED_KEYS": bundles["other"]})
+    assert p.returncode == 2 and json.loads(p.stdout)["rule"] == "untrusted-key"
+    p = run_cli("bundle", "verify", bundles["unsigned"], "--json", env={"KERNBIN_TRUSTED_KEYS": ""})
+    assert p.returncode == 0 and json.loads(p.stdout)["trusted"] is False        # no keys: checksums only
+
+
+@pytest.mark.parametrize("how", ["env", "env+key"])
+def test_check_accepts_a_signed_bundle_with_env_keys(bundles, how):
+    env = {"KERNBIN_TRUSTED_KEYS": bundles["pub"]}
+    extra = ["--key", bundles["pub"]] if how == "env+key" else []
+    p = run_cli("check", bundles["signed"], "-t", "opencl:cpu", "--json", *extra, env=env)
+    out = json.loads(p.stdout)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert out["ok"] and out["kernels"]["vadd"]["verdict"] == "native" and out["signed_by"] == bundles["kid"]
+    assert out["trusted_keys"] == [bundles["kid"]]
+    assert out["trusted_keys_from"] == ("--key" if extra else "KERNBIN_TRUSTED_KEYS")
+    p = run_cli("check", bundles["signed"], "-t", "opencl:cpu", "--in-process", *extra, env=env)
+    assert p.returncode == 0 and bundles["kid"] in p.stdout
+    p = run_cli("check", bundles["unsigned"], "-t", "opencl:cpu", "--json", env=env)
+    assert p.returncode == 2 and json.loads(p.stdout)["rule"] == "unsigned"
