@@ -162,3 +162,168 @@ def test_check_accepts_a_signed_bundle_with_env_keys(bundles, how):
     assert p.returncode == 0 and bundles["kid"] in p.stdout
     p = run_cli("check", bundles["unsigned"], "-t", "opencl:cpu", "--json", env=env)
     assert p.returncode == 2 and json.loads(p.stdout)["rule"] == "unsigned"
+
+
+# -- item 9: remote values in bounded memory ---------------------------------------------------------
+
+_VALUE = 48 << 20
+
+
+def _peak_of_get(store, key) -> tuple[int, int]:
+    """(bytes of the .knb read, tracemalloc's peak while get + unwrap ran)."""
+    import gc
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        value, status = store.get(key)
+        data = store.unwrap(key, value)
+        n = len(data)
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    assert status == "ok"
+    return n, peak
+
+
+def test_a_large_http_value_takes_about_its_size(nginx_server):
+    from kernbin.cache.http import HttpStore
+    url, _, www = nginx_server
+    store = HttpStore(url, HMAC_KEY, timeout=30)
+    payload = os.urandom(_VALUE)
+    (www / KEY).write_bytes(store.wrap(KEY, payload))          # written behind nginx (its PUT limit is 64 MiB)
+    del payload
+    n, peak = _peak_of_get(store, KEY)
+    assert n == _VALUE and peak <= 1.2 * _VALUE, f"peak {peak / 2**20:.1f} MiB for a {_VALUE >> 20} MiB value"
+
+
+def test_a_large_redis_value_takes_about_its_size(redis_server):
+    from kernbin.cache.redis import RedisStore
+    url, _, client = redis_server
+    store = RedisStore(url, HMAC_KEY, deadline=30)
+    payload = os.urandom(_VALUE)
+    client.set(REDIS_PREFIX + KEY, store.wrap(KEY, payload))
+    del payload
+    n, peak = _peak_of_get(store, KEY)
+    assert n == _VALUE and peak <= 1.2 * _VALUE, f"peak {peak / 2**20:.1f} MiB for a {_VALUE >> 20} MiB value"
+    client.set(REDIS_PREFIX + KEY, b"x" * ((1 << 20) + 5))     # a value that changes shape: still one buffer
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        value, status = store.get(KEY)
+    assert status == "ok" and bytes(value) == b"x" * ((1 << 20) + 5)
+    with pytest.raises(kernbin.KernbinError) as e:
+        store.unwrap(KEY, value)
+    assert e.value.rule == "format" and not caught
+
+
+class _EndlessChunked:
+    """An HTTP server answering every GET with 200 and an endless chunked body."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(4)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/c"
+        self.stop = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        try:
+            conn, _ = self.sock.accept()
+        except OSError:
+            return
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            chunk = b"%x\r\n" % (1 << 16) + b"k" * (1 << 16) + b"\r\n"
+            try:
+                while not self.stop.is_set():
+                    conn.sendall(chunk)
+            except OSError:
+                pass
+
+    def close(self):
+        self.stop.set()
+        self.sock.close()
+
+
+def test_an_endless_chunked_body_stops_at_the_bound(tmp_path):
+    from kernbin.cache.http import HttpStore
+    server = _EndlessChunked()
+    bound = 32 << 20
+    store = HttpStore(server.url, HMAC_KEY, timeout=30, max_entry_size=bound)
+    tracemalloc.start()
+    try:
+        with pytest.raises(kernbin.KernbinError) as e:
+            store.get(KEY)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        server.close()
+    assert e.value.rule == "oversized"
+    assert peak <= 1.2 * bound, f"peak {peak / 2**20:.1f} MiB for a {bound >> 20} MiB bound"
+
+
+# -- item 10: a remote's error text is escaped and cut ------------------------------------------------
+
+_HOSTILE = ("\x1b[2J\x1b[31mPWNED\x1b]0;title\x07" * 6000)[:200_000]
+
+
+class _ErrRedis:
+    """A RESP server answering every command with one 200 KB error full of terminal escapes."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.url = f"redis://127.0.0.1:{self.sock.getsockname()[1]}/0"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+
+    def _one(self, conn):
+        with conn:
+            try:
+                while conn.recv(65536):
+                    conn.sendall(b"-ERR " + _HOSTILE.encode() + b"\r\n")
+            except OSError:
+                pass
+
+    def close(self):
+        self.sock.close()
+
+
+def test_a_hostile_redis_error_text_is_escaped_and_cut():
+    from kernbin.cache.redis import RedisStore
+    from kernbin.cache.remote import MAX_REMOTE_TEXT, RemoteUnavailableWarning
+    server = _ErrRedis()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert RedisStore(server.url, HMAC_KEY).get(KEY) == (None, "failed")
+    finally:
+        server.close()
+    [w] = [w.message for w in caught if isinstance(w.message, RemoteUnavailableWarning)]
+    text = str(w)
+    assert text.isprintable() and "\x1b" not in text and len(w.detail) <= MAX_REMOTE_TEXT + 40
+    assert len(text) < 600
+
+
+def test_the_cli_prints_no_raw_remote_error(tmp_path):
+    server = _ErrRedis()
+    try:
+        p = run_cli("build", SAMPLES["vadd"].spv, "-o", str(tmp_path / "v.knb"),
+                    env={"KERNBIN_REMOTE": server.url, "KERNBIN_CACHE_HMAC_KEY": "k",
+                         "KERNBIN_CACHE_DIR": str(tmp_path / "cache")})
+    finally:
+        server.close()
+    if "no OpenCL" in p.stderr:
+        pytest.skip(p.stderr.strip())
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "\x1b" not in p.stderr and len(p.stderr) < 2000
