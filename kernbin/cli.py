@@ -551,6 +551,18 @@ def cmd_bench(args) -> int:
 
 # -- parser ----------------------------------------------------------------------
 
+def positive_int(text: str) -> int:
+    """An argparse type: a positive integer (``-j 0`` or ``-j -1`` is a usage error, not a hang or a
+    crash deep inside)."""
+    try:
+        n = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, not {n}")
+    return n
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="kernbin", epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -577,7 +589,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "when spills exceed --spill-threshold, keep the build that spills less)")
     s.add_argument("--spill-threshold", type=int, default=None, metavar="BYTES",
                    help="--grf auto retries when the compiler reports more spill than this (default 0: any spill)")
-    s.add_argument("--jobs", "-j", type=int, default=None, help="parallel builds for several targets (default: cores)")
+    s.add_argument("--jobs", "-j", type=positive_int, default=None,
+                   help="parallel builds for several targets (default: cores)")
     s.add_argument("--options", default="", help='build options passed to the compiler; write --options="-cl-fast-relaxed-math" (with =) since they start with -')
     s.add_argument("--no-ir", action="store_true", help="do not embed the IR (no fallback from this file alone)")
     s.add_argument("--no-cache", action="store_true", help="build even if the cache holds this binary, "
@@ -627,7 +640,7 @@ def build_parser() -> argparse.ArgumentParser:
         b.add_argument("--grf", choices=["default", "small", "large", "auto"], default="default",
                        help="register-file policy on Intel GPU targets")
         b.add_argument("--spill-threshold", type=int, default=None, metavar="BYTES")
-        b.add_argument("--jobs", "-j", type=int, default=None, help="parallel builds (default: cores)")
+        b.add_argument("--jobs", "-j", type=positive_int, default=None, help="parallel builds (default: cores)")
         b.add_argument("--executor", default="process", metavar="process|ray[=ADDRESS]",
                        help="where the builds run: local worker processes (default), or tasks on a Ray cluster "
                             "(ray=HOST:PORT; plain 'ray': RAY_ADDRESS, else the latest cluster started here, else "
@@ -682,7 +695,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "handing the bytes to the runtime to the first correct result, from IR, "
                                    "from kernbin's native binary, and from the bare binary with none of kernbin's checks.")
     s.add_argument("--target", "-t", default="opencl:cpu")
-    s.add_argument("--repeat", "-n", type=int, default=5, help="fresh processes per kernel and path (default 5)")
+    s.add_argument("--repeat", "-n", type=positive_int, default=5,
+                   help="fresh processes per kernel and path (default 5)")
     s.add_argument("--kernels", help="comma-separated subset of the sample kernels")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.add_argument("--plot", metavar="PNG", help="draw the comparison into this PNG (needs matplotlib)")
@@ -700,9 +714,6 @@ def _version() -> str:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "repeat", 1) < 1:
-        print("kernbin: error: --repeat must be at least 1", file=sys.stderr)
-        return EXIT_ERROR
     try:
         return args.func(args)
     except KeyboardInterrupt:

@@ -327,3 +327,56 @@ def test_the_cli_prints_no_raw_remote_error(tmp_path):
         pytest.skip(p.stderr.strip())
     assert p.returncode == 0, p.stderr[-2000:]
     assert "\x1b" not in p.stderr and len(p.stderr) < 2000
+
+
+# -- item 11: launch metadata and CLI values bounded by what devices do -----------------------------------
+
+_APP = [{"name": n, "type": "*i8", "size": 8, "appended": True} for n in ("global_scratch", "profile_scratch")]
+_GOOD = {"format": 1, "kernel": "k", "num_warps": 4, "args": [{"name": "x", "type": "*fp32"}],
+         "params": [{"name": "x", "type": "*fp32", "size": 8}] + _APP}
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"num_warps": 64}, "num_warps"), ({"num_warps": 3}, "num_warps"), ({"num_warps": 48}, "num_warps"),
+    ({"threads_per_warp": 33}, "threads_per_warp"), ({"threads_per_warp": 64, "num_warps": 32}, "num_warps"),
+    ({"shared": 232449}, "shared"), ({"num_ctas": 17}, "num_ctas"),
+    ({"cluster_dims": [4, 4, 2], "num_ctas": 16}, "cluster_dims"), ({"cluster_dims": [2, 1, 1], "num_ctas": 4},
+                                                                    "cluster_dims")])
+def test_launch_metadata_beyond_any_device_is_refused(change, field):
+    from kernbin.triton import LaunchMeta, TritonMetaError
+    with pytest.raises(TritonMetaError) as e:
+        LaunchMeta.from_json({**_GOOD, **change})
+    assert e.value.field == field
+
+
+def test_launch_metadata_at_the_limits_is_accepted():
+    from kernbin.triton import LaunchMeta
+    m = LaunchMeta.from_json({**_GOOD, "num_warps": 32, "shared": 232448, "num_ctas": 16,
+                              "cluster_dims": [16, 1, 1]})
+    assert m.block == 1024 and m.shared == 232448 and m.num_ctas == 16
+
+
+@pytest.mark.parametrize("argv", [["build", "x.spv", "-o", "x.knb", "-j", "0"],
+                                  ["build", "x.spv", "-o", "x.knb", "-j", "-1"],
+                                  ["bundle", "create", "o.kbin", "x.spv", "-t", "opencl:cpu", "-j", "0"],
+                                  ["bundle", "add", "o.kbin", "x.spv", "-t", "opencl:cpu", "--jobs=-3"],
+                                  ["triton", "compile", "k.py:k", "-s", "i32", "-t", "cuda:sm_90", "-o", "o.kbin",
+                                   "-j", "0"],
+                                  ["bench", "--repeat", "0"]])
+def test_cli_counts_must_be_positive(argv, capsys):
+    from kernbin.cli import build_parser
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(argv)
+    assert e.value.code == 2
+
+
+@pytest.mark.parametrize("spec", ["opencl:cpu\n", "opencl:cpu\r", "opencl:\tcpu", "opencl:cpu\x00", "\nopencl:cpu"])
+def test_a_target_with_control_characters_is_refused(spec):
+    with pytest.raises(kernbin.TargetError) as e:
+        kernbin.parse_target(spec)
+    assert e.value.target == spec
+
+
+def test_cli_refuses_a_target_with_a_newline(tmp_path):
+    p = run_cli("build", SAMPLES["vadd"].spv, "-o", str(tmp_path / "x.knb"), "-t", "opencl:cpu\n")
+    assert p.returncode == 1 and not (tmp_path / "x.knb").exists() and "Traceback" not in p.stderr
