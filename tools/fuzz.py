@@ -695,6 +695,30 @@ def strings_of(obj, out: set) -> set:
     return out
 
 
+_SHUFFLE_MAX = 16               # elements a permutation moves at most (see _shuffle_some)
+
+
+def _shuffle_some(rng, seq: list, limit: int = _SHUFFLE_MAX) -> None:
+    """Shuffle, in place, a window of at most ``limit`` consecutive elements of ``seq`` (all of a
+    short one), drawing one index at a time (Fisher-Yates). Never ``rng.sample(seq, len(seq))`` or
+    ``rng.shuffle`` of a long sequence: a Hypothesis ``Random`` draws those as one list as long as
+    the sequence, which it cannot always give (its own assertion failed on long strings)."""
+    n = len(seq)
+    if n < 2:
+        return
+    at = rng.randrange(n - limit + 1) if n > limit else 0
+    for i in range(min(n, limit) - 1, 0, -1):
+        j = rng.randint(0, i)
+        seq[at + i], seq[at + j] = seq[at + j], seq[at + i]
+
+
+def _permuted(rng, text: str) -> str:
+    """``text`` with a bounded window of its characters shuffled (see :func:`_shuffle_some`)."""
+    chars = list(text)
+    _shuffle_some(rng, chars)
+    return "".join(chars)
+
+
 def mutate_tree(rng, root, strings, raw: _Raw):
     """One random edit somewhere in a JSON-like tree (dicts, lists, scalars); returns the new root."""
     paths = []
@@ -733,10 +757,10 @@ def mutate_tree(rng, root, strings, raw: _Raw):
         elif isinstance(val, str):
             c = rng.randrange(5)
             new = (val[:rng.randint(0, len(val))], val + rng.choice(_INTERESTING_STRINGS), val * rng.randint(2, 50),
-                   "".join(rng.sample(val, len(val))), val.upper())[c]
+                   _permuted(rng, val), val.upper())[c]
         elif isinstance(val, list):
             new = list(val)
-            rng.shuffle(new)
+            _shuffle_some(rng, new)
             new = new[:rng.randint(0, len(new))] if rng.random() < 0.3 else new
         else:
             new = _rand_value(rng, strings, raw)
@@ -849,7 +873,7 @@ def s_knb_sections(rng, seed, pool):
             k = rng.randrange(len(sections))
             sections[k] = (rng.choice(("native", "ir", "IR", "Native", "native ", "x" * 128)), sections[k][1])
         elif c == 3:
-            rng.shuffle(sections)
+            _shuffle_some(rng, sections)
         elif c == 4 and sections:
             sections.append(rng.choice(sections))
         else:
@@ -1023,7 +1047,7 @@ def s_ar_rebuild(rng, seed, pool):
                 members.insert(0, (b"//", rng.choice((b"64.99.0.1/\n", b"x" * 40 + b"/\n", b"no-terminator"))))
                 children.insert(0, None)
         else:
-            rng.shuffle(members)
+            _shuffle_some(rng, members)
             children = [None] * len(members)
     return build_ar(members)
 
