@@ -517,6 +517,8 @@ def cmd_bench(args) -> int:
     if unknown:
         raise SystemExit(f"kernbin: error: unknown sample kernel(s) {', '.join(unknown)} "
                          f"(have {', '.join(SAMPLES)})")
+    if args.plot:
+        _check_output(args.plot)
     total = args.repeat * len(names) * len(MODES)
     if sys.stderr.isatty() and not args.json:
         from rich.progress import Progress

@@ -90,6 +90,13 @@ def test_cli_bundle_create_refuses_a_fifo_output(tmp_path):
     assert p.returncode == 1 and len(p.stderr.splitlines()) == 1 and is_kind(os.lstat(path).st_mode)
 
 
+def test_cli_bench_refuses_a_fifo_plot_before_running(tmp_path):
+    path, is_kind = _special(tmp_path, "fifo")
+    p = subprocess.run([sys.executable, "-m", "kernbin", "bench", "--repeat", "1", "--kernels", "vadd", "--plot",
+                        path], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert p.returncode == 1 and len(p.stderr.splitlines()) == 1 and is_kind(os.lstat(path).st_mode)
+
+
 # -- item 4: inputs are opened non-blocking -------------------------------------------------------
 
 def test_check_of_a_fifo_is_refused_without_hanging(tmp_path):
