@@ -43,6 +43,13 @@ def _plain(text) -> str:
     return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
+def _check_output(path) -> None:
+    """Outputs are regular files: refuse a directory, device node, FIFO or socket at ``path`` now,
+    before any work (``atomic_write`` refuses it again when it writes)."""
+    from kernbin._fs import check_output
+    check_output(path)
+
+
 def _print_json(obj) -> None:
     print(json.dumps(obj, indent=2, sort_keys=False))
 
@@ -84,6 +91,7 @@ def cmd_build(args) -> int:
         raise kernbin.TargetError("a --target is given twice", next(t for t in targets if targets.count(t) > 1))
     if len(targets) == 1:
         outputs = {targets[0]: args.output}
+        _check_output(args.output)          # before building: a device, FIFO or directory there is refused
     else:   # several targets: -o names a directory, one .knb per target
         os.makedirs(args.output, exist_ok=True)
         stem = os.path.splitext(os.path.basename(args.input))[0]
@@ -216,12 +224,52 @@ def _trusted(keys):
     return [signing.load_public_key(k) for k in keys]
 
 
+def _trust_in_force(key_args):
+    """``(keys, source)``: the public keys a signature must be by, and where they came from
+    (``"--key"``, else ``"KERNBIN_TRUSTED_KEYS"``); ``(None, None)`` when no trust is asked for."""
+    if key_args:
+        return _trusted(key_args), "--key"
+    if os.environ.get("KERNBIN_TRUSTED_KEYS"):
+        from kernbin import signing
+        return signing.trusted_keys_from_env(), "KERNBIN_TRUSTED_KEYS"
+    return None, None
+
+
+def _key_ids(keys) -> list:
+    from kernbin import signing
+    return [signing.key_id(k) for k in keys or []]
+
+
+class _BundleTrustChecked:
+    """While a bundle's entries are checked one by one: its signature was verified against the keys
+    in force, and that signature covers every entry; an entry alone carries none, so
+    ``KERNBIN_TRUSTED_KEYS`` must not make ``kernbin.check`` ask it for one (it is set aside, then
+    restored, as ``kernbin.check``'s child process does)."""
+
+    def __enter__(self):
+        self._saved = os.environ.pop("KERNBIN_TRUSTED_KEYS", None)
+        return self
+
+    def __exit__(self, *exc):
+        if self._saved is not None:
+            os.environ["KERNBIN_TRUSTED_KEYS"] = self._saved
+        return False
+
+
 def _is_bundle(path) -> bool:
+    """Whether ``path`` starts like a bundle. Opened non-blocking, and only a regular file is read: a
+    FIFO, device or directory is not a bundle (``kernbin.check`` then refuses it, rule ``"not-regular"``)."""
+    from kernbin._fs import FileRefused, open_regular
     try:
-        with open(path, "rb") as f:
-            head = f.read(8)
+        fd = open_regular(path)
+    except (OSError, FileRefused):
+        return False
+    try:
+        head = os.read(fd, 8)
     except OSError:
         return False
+    finally:
+        os.close(fd)
     from kernbin.bundle import is_bundle
     return is_bundle(head)
 
@@ -247,17 +295,20 @@ def _check_bundle(args) -> int:
     """Every kernel of a bundle on one target: which entry the gate picks, and whether it loads."""
     import kernbin
     device = kernbin.open_device(args.target)
-    out = {"file": args.file, "target": str(device.target), "device": device.id.describe(), "kernels": {}}
+    keys, source = _trust_in_force(args.key)
+    out = {"file": args.file, "target": str(device.target), "device": device.id.describe(), "kernels": {},
+           "signed_by": None, "trusted_keys": _key_ids(keys), "trusted_keys_from": source}
+    checked = f" (checked against {source})" if source else ""
     try:
-        b = kernbin.open_bundle(args.file, trusted_keys=_trusted(args.key))
+        b = kernbin.open_bundle(args.file, trusted_keys=keys, require_signature=keys is not None)
     except kernbin.InvalidBinary as e:
         out.update(ok=False, verdict="gate", rule=e.rule, reason=e.reason)
         if args.json:
             _print_json(out)
         else:
-            print(f"not loadable (kernbin refused it before the driver saw it): {e.reason}")
+            print(f"not loadable (kernbin refused it before the driver saw it): {e.reason}{checked}")
         return EXIT_NOT_LOADABLE
-    with b:
+    with b, _BundleTrustChecked():
         out["signed_by"] = b.signed_by
         for name in b.names:
             entry, reasons = b.select(name, device)
@@ -273,6 +324,8 @@ def _check_bundle(args) -> int:
     if args.json:
         _print_json(out)
     else:
+        if out["signed_by"]:
+            print(f"signed by trusted key {out['signed_by']}{checked}")
         for name, r in out["kernels"].items():
             state = f"ok ({r['entry']})" if r["ok"] else f"not loadable ({r['verdict']}): {r['reason']}"
             print(f"{name}: {state}")
@@ -305,6 +358,8 @@ def cmd_bundle_create(args, add_to=None) -> int:
     targets = [str(kernbin.parse_target(t)) for t in args.target]
     if len(set(targets)) != len(targets):
         raise kernbin.TargetError("a --target is given twice", next(t for t in targets if targets.count(t) > 1))
+    if add_to is None:
+        _check_output(args.output)
     prog, progress = _bundle_progress(args, len(targets) * len(args.inputs))
     kw = dict(grf=args.grf, spill_threshold=args.spill_threshold, keep_ir=not args.no_ir, jobs=args.jobs,
               use_cache=not args.no_cache, sign_key=_private_key(args.sign), add_to=add_to, progress=progress,
@@ -358,24 +413,26 @@ def cmd_bundle_inspect(args) -> int:
 def cmd_bundle_verify(args) -> int:
     import kernbin
     from kernbin import signing
-    out = {"file": args.file, "ok": False, "signed_by": None, "reason": "", "rule": ""}
+    keys, source = _trust_in_force(args.key)      # --key, else KERNBIN_TRUSTED_KEYS: then a signature is a must
+    out = {"file": args.file, "ok": False, "signed_by": None, "reason": "", "rule": "", "trusted": False,
+           "trusted_keys": _key_ids(keys), "trusted_keys_from": source}
     try:
-        with kernbin.open_bundle(args.file, trusted_keys=_trusted(args.key),
-                                 require_signature=True if args.key else False) as b:
+        with kernbin.open_bundle(args.file, trusted_keys=keys, require_signature=keys is not None) as b:
             b.verify()
             out.update(ok=True, signed_by=b.signed_by or (signing.signature_of(b._c) or {}).get("key_id"),
-                       trusted=bool(args.key))
+                       trusted=keys is not None)
     except kernbin.InvalidBinary as e:
         out.update(reason=e.reason, rule=e.rule)
+    checked = f" (checked against {source}: {', '.join(out['trusted_keys']) or 'no keys'})" if source else ""
     if args.json:
         _print_json(out)
     elif out["ok"]:
-        who = f"signed by trusted key {out['signed_by']}" if args.key else (
-            f"signed by {out['signed_by']} (not checked against a trusted key: pass --key)" if out["signed_by"]
-            else "unsigned")
+        who = f"signed by trusted key {out['signed_by']}{checked}" if out["trusted"] else (
+            f"signed by {out['signed_by']} (not checked against a trusted key: pass --key or set "
+            "KERNBIN_TRUSTED_KEYS)" if out["signed_by"] else "unsigned")
         print(f"ok: every digest matches; {who}")
     else:
-        print(f"FAILED ({out['rule']}): {out['reason']}")
+        print(f"FAILED ({out['rule']}): {out['reason']}{checked}")
     return 0 if out["ok"] else EXIT_NOT_LOADABLE
 
 
@@ -460,6 +517,8 @@ def cmd_bench(args) -> int:
     if unknown:
         raise SystemExit(f"kernbin: error: unknown sample kernel(s) {', '.join(unknown)} "
                          f"(have {', '.join(SAMPLES)})")
+    if args.plot:
+        _check_output(args.plot)
     total = args.repeat * len(names) * len(MODES)
     if sys.stderr.isatty() and not args.json:
         from rich.progress import Progress
@@ -494,6 +553,18 @@ def cmd_bench(args) -> int:
 
 # -- parser ----------------------------------------------------------------------
 
+def positive_int(text: str) -> int:
+    """An argparse type: a positive integer (``-j 0`` or ``-j -1`` is a usage error, not a hang or a
+    crash deep inside)."""
+    try:
+        n = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, not {n}")
+    return n
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="kernbin", epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -520,7 +591,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "when spills exceed --spill-threshold, keep the build that spills less)")
     s.add_argument("--spill-threshold", type=int, default=None, metavar="BYTES",
                    help="--grf auto retries when the compiler reports more spill than this (default 0: any spill)")
-    s.add_argument("--jobs", "-j", type=int, default=None, help="parallel builds for several targets (default: cores)")
+    s.add_argument("--jobs", "-j", type=positive_int, default=None,
+                   help="parallel builds for several targets (default: cores)")
     s.add_argument("--options", default="", help='build options passed to the compiler; write --options="-cl-fast-relaxed-math" (with =) since they start with -')
     s.add_argument("--no-ir", action="store_true", help="do not embed the IR (no fallback from this file alone)")
     s.add_argument("--no-cache", action="store_true", help="build even if the cache holds this binary, "
@@ -570,7 +642,7 @@ def build_parser() -> argparse.ArgumentParser:
         b.add_argument("--grf", choices=["default", "small", "large", "auto"], default="default",
                        help="register-file policy on Intel GPU targets")
         b.add_argument("--spill-threshold", type=int, default=None, metavar="BYTES")
-        b.add_argument("--jobs", "-j", type=int, default=None, help="parallel builds (default: cores)")
+        b.add_argument("--jobs", "-j", type=positive_int, default=None, help="parallel builds (default: cores)")
         b.add_argument("--executor", default="process", metavar="process|ray[=ADDRESS]",
                        help="where the builds run: local worker processes (default), or tasks on a Ray cluster "
                             "(ray=HOST:PORT; plain 'ray': RAY_ADDRESS, else the latest cluster started here, else "
@@ -625,7 +697,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "handing the bytes to the runtime to the first correct result, from IR, "
                                    "from kernbin's native binary, and from the bare binary with none of kernbin's checks.")
     s.add_argument("--target", "-t", default="opencl:cpu")
-    s.add_argument("--repeat", "-n", type=int, default=5, help="fresh processes per kernel and path (default 5)")
+    s.add_argument("--repeat", "-n", type=positive_int, default=5,
+                   help="fresh processes per kernel and path (default 5)")
     s.add_argument("--kernels", help="comma-separated subset of the sample kernels")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.add_argument("--plot", metavar="PNG", help="draw the comparison into this PNG (needs matplotlib)")
@@ -643,9 +716,6 @@ def _version() -> str:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "repeat", 1) < 1:
-        print("kernbin: error: --repeat must be at least 1", file=sys.stderr)
-        return EXIT_ERROR
     try:
         return args.func(args)
     except KeyboardInterrupt:

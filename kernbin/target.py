@@ -3,6 +3,7 @@
 Backends and their selector rules come from the registry (:mod:`kernbin.backends`);
 spellings are lower-cased and aliases resolved (``level_zero:0``, ``ze:0`` ->
 ``level-zero:0``), so one device has one target string everywhere (cache keys, reports).
+Surrounding spaces are dropped; control characters anywhere (``"opencl:cpu\n"``) are refused.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ def parse_target(spec: "str | Target") -> Target:
         raise TargetError(f"bad target {spec!r}: expected BACKEND:DEVICE, e.g. "
                           + ", ".join(e.spelling.split(",")[0].split(" ")[0] for e in REGISTRY.values()),
                           spec if isinstance(spec, str) else None)
+    if not spec.isprintable():          # "opencl:cpu\n", a tab, a NUL: never stripped into a valid target
+        raise TargetError(f"bad target {spec!r}: control characters (a newline, a tab, ...) are not allowed", spec)
     backend, _, selector = spec.partition(":")
     backend = backend.strip().lower()
     backend = _ALIASES.get(backend, backend)

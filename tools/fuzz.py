@@ -19,6 +19,12 @@ Every input ends in one outcome class:
 A worker stuck for 5 s *outside* the parser (the stack faulthandler takes shows no parser frame:
 the machine was too busy to run it) is no outcome of its input: it is counted in ``stalls``.
 
+A target may report how deep an input got: ``bundle`` counts ``past_digests`` (the container's
+header and every section passed their digests, so the input reached the manifest and entry
+decoding) and ``gated`` (at least one kernel went through selection and the load gate on a
+stand-in device: a made-up CPU runtime, Intel GPU or NVIDIA GPU identity behind the real
+backends' ``can_run`` and ``payload``, with no runtime loaded). Both are in the summary line.
+
 Each "other" input is saved to ``--out`` (default ``fuzz-out/NAME/``) as ``<kind>-<sha1>.bin`` with a
 ``.json`` sidecar (signature, traceback, seed); at most ``--max-saves`` per distinct signature.
 The last line printed is a JSON object: target, inputs, rejected, accepted, other, seconds, ...
@@ -40,7 +46,10 @@ re-packing: a ``.knb`` with a mutated build-info header, section list or payload
 correct digests (and a matching ``ir_sha256``), raw header text under a correct header digest,
 zebin ``.ze_info`` YAML re-inserted into the ELF (as a tree, as text, or with raw YAML values such
 as aliases), ELF section tables inflated (up to 65535 entries, names sharing long runs), ar
-archives and fatbins rebuilt with correct sizes, SPIR-V instruction edits, PTX line edits.
+archives and fatbins rebuilt with correct sizes, SPIR-V instruction edits, PTX line edits; bundles
+re-sealed after editing the manifest, one entry's build info or requirements, a blob (by its own
+format's mutators, the IR hashes following), or the shape (entries copied, moved, dropped; kernels
+renamed; sections dropped, renamed, reordered), every digest recomputed.
 ``tests/test_fuzz.py`` runs the same targets and mutators briefly in CI.
 """
 
@@ -400,8 +409,23 @@ def _analyze_knb(seed: Seed) -> None:
             seed.regions += [(at + a, at + b) for a, b in child.regions[:200]]
 
 
+def _analyze_kbin(seed: Seed) -> None:
+    """A bundle: the container (as a .knb: magic, header document, sections), and each blob as a
+    child Seed of the kind its manifest says (an entry's binary format, or the kernel's IR kind)."""
+    _analyze_knb(seed)
+    kinds = {}
+    for k in seed.info["doc"]["meta"].get("kernels", {}).values():
+        if k.get("ir"):
+            kinds[k["ir"]] = {"spirv": "spirv", "ptx": "ptx"}.get(k.get("ir_kind"))
+        for e in k.get("entries", []):
+            kinds.setdefault(e["blob"], _FORMAT_KIND.get(e["info"].get("binary_format")))
+    seed.children = [Seed(kinds[name], f"{seed.name}:{name}", data) if kinds.get(name) else None
+                     for name, data in seed.info["sections"]]
+
+
 _ANALYZE = {"zebin": _analyze_zebin, "ocl": _analyze_elf, "cubin": _analyze_elf, "fat": _analyze_fat,
-            "fatbin": _analyze_fatbin, "spirv": _analyze_spirv, "ptx": _analyze_ptx, "knb": _analyze_knb}
+            "fatbin": _analyze_fatbin, "spirv": _analyze_spirv, "ptx": _analyze_ptx, "knb": _analyze_knb,
+            "kbin": _analyze_kbin}
 
 
 # =============================================================================================
@@ -695,6 +719,30 @@ def strings_of(obj, out: set) -> set:
     return out
 
 
+_SHUFFLE_MAX = 16               # elements a permutation moves at most (see _shuffle_some)
+
+
+def _shuffle_some(rng, seq: list, limit: int = _SHUFFLE_MAX) -> None:
+    """Shuffle, in place, a window of at most ``limit`` consecutive elements of ``seq`` (all of a
+    short one), drawing one index at a time (Fisher-Yates). Never ``rng.sample(seq, len(seq))`` or
+    ``rng.shuffle`` of a long sequence: a Hypothesis ``Random`` draws those as one list as long as
+    the sequence, which it cannot always give (its own assertion failed on long strings)."""
+    n = len(seq)
+    if n < 2:
+        return
+    at = rng.randrange(n - limit + 1) if n > limit else 0
+    for i in range(min(n, limit) - 1, 0, -1):
+        j = rng.randint(0, i)
+        seq[at + i], seq[at + j] = seq[at + j], seq[at + i]
+
+
+def _permuted(rng, text: str) -> str:
+    """``text`` with a bounded window of its characters shuffled (see :func:`_shuffle_some`)."""
+    chars = list(text)
+    _shuffle_some(rng, chars)
+    return "".join(chars)
+
+
 def mutate_tree(rng, root, strings, raw: _Raw):
     """One random edit somewhere in a JSON-like tree (dicts, lists, scalars); returns the new root."""
     paths = []
@@ -733,10 +781,10 @@ def mutate_tree(rng, root, strings, raw: _Raw):
         elif isinstance(val, str):
             c = rng.randrange(5)
             new = (val[:rng.randint(0, len(val))], val + rng.choice(_INTERESTING_STRINGS), val * rng.randint(2, 50),
-                   "".join(rng.sample(val, len(val))), val.upper())[c]
+                   _permuted(rng, val), val.upper())[c]
         elif isinstance(val, list):
             new = list(val)
-            rng.shuffle(new)
+            _shuffle_some(rng, new)
             new = new[:rng.randint(0, len(new))] if rng.random() < 0.3 else new
         else:
             new = _rand_value(rng, strings, raw)
@@ -849,7 +897,7 @@ def s_knb_sections(rng, seed, pool):
             k = rng.randrange(len(sections))
             sections[k] = (rng.choice(("native", "ir", "IR", "Native", "native ", "x" * 128)), sections[k][1])
         elif c == 3:
-            rng.shuffle(sections)
+            _shuffle_some(rng, sections)
         elif c == 4 and sections:
             sections.append(rng.choice(sections))
         else:
@@ -883,6 +931,152 @@ def s_knb_text(rng, seed, pool):
     fake = _text_seed("knb", htext)
     new = _bytes_mutate(rng, htext, fake, pool)
     return forge(info["magic"], info["version"], new, seed.data[info["start"]:], info["align"])
+
+
+# -- bundles: edits re-sealed (every digest recomputed), so they reach the manifest, entry decoding,
+#    selection and the gate instead of dying at the first digest
+_REQ_KINDS = ("opencl-runtime", "intel-gpu", "intel-gpu-fat", "level-zero-driver", "cuda", "cuda-fat", "x", "")
+_IP_VERSIONS = ("12.60.7", "12.55.8", "12.70.4", "20.1.4", "0.0.0", "", "12.60.7 ", "a.b.c", "1" * 300)
+
+
+def _kbin_kernels(manifest) -> list:
+    ks = manifest.get("kernels") if isinstance(manifest, dict) else None
+    return [(n, k) for n, k in ks.items() if isinstance(k, dict)] if isinstance(ks, dict) else []
+
+
+def _kbin_entries(manifest) -> list:
+    """Every entry dict of the manifest: ``(kernel name, kernel, entry)``."""
+    return [(n, k, e) for n, k in _kbin_kernels(manifest) if isinstance(k.get("entries"), list)
+            for e in k["entries"] if isinstance(e, dict)]
+
+
+def _reseal(rng, seed: Seed, manifest, sections) -> bytes:
+    """The bundle with this manifest and these sections, every digest correct (``container.pack``'s
+    layout: the bundle's 64-byte alignment), the signature section kept as it was (it is not checked
+    without trusted keys; it no longer matches, which only a trust check would see)."""
+    return _repack(rng, seed, manifest, sections, raw=_Raw(_JSON_RAW))
+
+
+def s_kbin_manifest(rng, seed, pool):
+    """The manifest (kernels, entries, IR references, build infos) mutated as a tree, re-sealed."""
+    manifest = copy.deepcopy(seed.info["doc"]["meta"])
+    raw = _Raw(_JSON_RAW)
+    for _ in range(rng.randint(1, 3)):
+        manifest = mutate_tree(rng, manifest, _STRINGS, raw)
+    return _repack(rng, seed, manifest, seed.info["sections"], raw=raw)
+
+
+def s_kbin_entry(rng, seed, pool):
+    """One entry's build info mutated (target, toolchain, flags, kernels, hashes), re-sealed: reaches
+    the per-entry typed decode and, when it still decodes, selection and the gate."""
+    manifest = copy.deepcopy(seed.info["doc"]["meta"])
+    entries = _kbin_entries(manifest)
+    if not entries:
+        return None
+    _, _, e = rng.choice(entries)
+    raw = _Raw(_JSON_RAW)
+    for _ in range(rng.randint(1, 2)):
+        e["info"] = mutate_tree(rng, e.get("info"), _STRINGS, raw)
+    return _repack(rng, seed, manifest, seed.info["sections"], raw=raw)
+
+
+def s_kbin_requires(rng, seed, pool):
+    """One entry's requirements ("runs on") changed to another kind, IP, .ze_info version, runtime
+    or fat-member list, re-sealed: the gate decides on them."""
+    manifest = copy.deepcopy(seed.info["doc"]["meta"])
+    entries = [t for t in _kbin_entries(manifest) if isinstance(t[2].get("info"), dict)]
+    if not entries:
+        return None
+    _, _, e = rng.choice(entries)
+    req = e["info"].get("requires")                  # {"kind": ..., the values...}
+    if not isinstance(req, dict):
+        req = e["info"]["requires"] = {"kind": "opencl-runtime"}
+    c = rng.randrange(8)
+    if c == 0:
+        req["kind"] = rng.choice(_REQ_KINDS)
+    elif c == 1:
+        req["ip_version"] = rng.choice(_IP_VERSIONS)
+    elif c == 2:
+        req["ze_info_version"] = rng.choice(("1.8", "1.20", "1.99", "2.0", "0.1", "", "x", "1.8.1", "99999999999.1"))
+    elif c == 3 and len(req) > 1:
+        k = rng.choice(sorted(k for k in req if k != "kind"))
+        req[k] = _rand_value(rng, _STRINGS, _Raw(_JSON_RAW)) if rng.random() < 0.5 else str(req[k]) + "x"
+    elif c == 4:
+        req.update(kind="intel-gpu-fat", members=[
+            {"member": rng.choice(("64.12.60.7", "64.12.55.8", "pvc", "x")), "ip_version": rng.choice(_IP_VERSIONS),
+             "ze_info_version": "1.20", "device": "pvc"} for _ in range(rng.randint(0, 3))])
+    elif c == 5:
+        req["sm"] = rng.choice((80, 86, 89, 90, 100, 0, -1, 2 ** 63, "90", None))
+    elif c == 6 and isinstance(req.get("members"), list) and req["members"]:
+        m = rng.choice(req["members"])
+        if isinstance(m, dict):
+            k = rng.choice(sorted(m) or ["sm"])
+            m[k] = _rand_value(rng, _STRINGS, _Raw(_JSON_RAW)) if rng.random() < 0.5 else rng.choice(
+                (80, 90, "12.60.7", "ptx", "cubin", "9.0", "99.0"))
+    else:
+        e["info"]["requires"] = mutate_tree(rng, req, _STRINGS, _Raw(_JSON_RAW))
+    return _reseal(rng, seed, manifest, seed.info["sections"])
+
+
+def s_kbin_blob(rng, seed, pool):
+    """A blob (a native binary or an IR) mutated by its own format's mutators, re-sealed; for an IR
+    the recorded hashes (kernel and entries) mostly follow, so the IR is parsed and compared."""
+    idx = [i for i, c in enumerate(seed.children) if c is not None]
+    if not idx:
+        return None
+    i = rng.choice(idx)
+    sections = list(seed.info["sections"])
+    name, _ = sections[i]
+    new = mutate(rng, seed.children[i], pool)
+    sections[i] = (name, new)
+    manifest = seed.info["doc"]["meta"]
+    if seed.children[i].kind in ("spirv", "ptx") and rng.random() < 0.8:
+        manifest = copy.deepcopy(manifest)
+        digest = hashlib.sha256(new).hexdigest()
+        for _, k in _kbin_kernels(manifest):
+            if k.get("ir") == name:
+                k["ir_sha256"] = digest
+                for e in k.get("entries") or []:
+                    if isinstance(e, dict) and isinstance(e.get("info"), dict):
+                        e["info"]["ir_sha256"] = digest
+    return _reseal(rng, seed, manifest, sections)
+
+
+def s_kbin_shape(rng, seed, pool):
+    """Kernels and entries moved about (an entry copied to another kernel, pointed at another blob,
+    dropped; a kernel without IR, renamed, duplicated); sections dropped (the signature too),
+    reordered or renamed. Re-sealed."""
+    manifest = copy.deepcopy(seed.info["doc"]["meta"])
+    sections = list(seed.info["sections"])
+    kernels = _kbin_kernels(manifest)
+    entries = _kbin_entries(manifest)
+    blobs = [n for n, _ in sections if n != "signature"]
+    c = rng.randrange(8)
+    if c == 0 and entries and kernels:
+        _, _, e = rng.choice(entries)
+        k = rng.choice(kernels)[1]
+        if isinstance(k.get("entries"), list):
+            k["entries"].insert(rng.randint(0, len(k["entries"])), copy.deepcopy(e))
+    elif c == 1 and entries and blobs:
+        rng.choice(entries)[2]["blob"] = rng.choice(blobs + ["b999", "signature", ""])
+    elif c == 2 and entries:
+        _, k, e = rng.choice(entries)
+        k["entries"].remove(e)
+    elif c == 3 and kernels:
+        k = rng.choice(kernels)[1]
+        k.update(ir=None) if rng.random() < 0.5 else k.update(ir_kind=rng.choice(("ptx", "spirv", "x", None)))
+    elif c == 4 and kernels:
+        name, k = rng.choice(kernels)
+        new = rng.choice(("k", name + "2", "a" * 200, "bad name", "", "é", name.upper()))
+        manifest["kernels"][new] = manifest["kernels"].pop(name) if rng.random() < 0.5 else copy.deepcopy(k)
+    elif c == 5 and sections:
+        sections.pop(rng.randrange(len(sections)))
+    elif c == 6 and sections:
+        k = rng.randrange(len(sections))
+        sections[k] = (rng.choice(("b0", "b1", "signature", "b0 ", "x")), sections[k][1])
+    else:
+        _shuffle_some(rng, sections)
+    return _reseal(rng, seed, manifest, sections)
 
 
 _TEXT_SEEDS = {}
@@ -1023,7 +1217,7 @@ def s_ar_rebuild(rng, seed, pool):
                 members.insert(0, (b"//", rng.choice((b"64.99.0.1/\n", b"x" * 40 + b"/\n", b"no-terminator"))))
                 children.insert(0, None)
         else:
-            rng.shuffle(members)
+            _shuffle_some(rng, members)
             children = [None] * len(members)
     return build_ar(members)
 
@@ -1136,8 +1330,10 @@ _STRUCTURAL = {"tmeta": (s_tmeta_tree,), "xpuout": (s_xpuout_tree,), "knb": (s_k
                        s_knb_doc, s_knb_text),
                "zebin": (s_zebin_yaml, s_zebin_yaml, s_zebin_yaml, s_elf_inflate), "ocl": (s_elf_inflate,),
                "cubin": (s_elf_inflate,), "fat": (s_ar_rebuild,), "fatbin": (s_fatbin_rebuild,),
-               "spirv": (s_spirv_insts,), "ptx": (s_ptx_lines,)}
-_STRUCTURAL_RATE = {"ocl": 0.15, "cubin": 0.15}        # (their only one inflates: big, slow inputs)
+               "spirv": (s_spirv_insts,), "ptx": (s_ptx_lines,),
+               "kbin": (s_kbin_manifest, s_kbin_entry, s_kbin_entry, s_kbin_requires, s_kbin_requires, s_kbin_blob,
+                        s_kbin_blob, s_kbin_shape)}
+_STRUCTURAL_RATE = {"ocl": 0.15, "cubin": 0.15, "kbin": 0.8}   # (ocl, cubin: their only one inflates: big, slow)
 _STRINGS: list = list(_INTERESTING_STRINGS)
 _YAML_STRINGS: list = ["name", "kernels", "execution_env", "per_thread_memory_buffers", "payload_arguments",
                        "grf_count", "simd_size", "slm_size", "barrier_count", "has_dpas", "size", "type", "scratch",
@@ -1163,7 +1359,7 @@ def prepare_seeds(raw: dict, kinds) -> list:
         for name, data in raw.get(kind, ()):
             s = Seed(kind, name, data)
             out.append(s)
-            if kind == "knb" and "doc" in s.info:
+            if kind in ("knb", "kbin") and "doc" in s.info:
                 _STRINGS.extend(sorted(strings_of(s.info["doc"], set()) - set(_STRINGS)))
             if kind == "zebin" and "ze_tree" in s.info:
                 _YAML_STRINGS.extend(sorted(strings_of(s.info["ze_tree"], set()) - set(_YAML_STRINGS)))
@@ -1178,8 +1374,14 @@ class Invariant(Exception):
 
 
 class Target:
-    def __init__(self, name, kinds, run, doc, check=None, setup=None):
+    def __init__(self, name, kinds, run, doc, check=None, setup=None, reach=()):
         self.name, self.kinds, self.run, self.doc, self.check, self.setup = name, kinds, run, doc, check, setup
+        self.reach = reach          # milestones a run reports in REACHED (counted in the summary)
+
+
+#: how deep the input in flight got: a target's run adds the names of its ``reach`` milestones
+REACHED: set = set()
+_REACH_SLOTS = 2                # counters in the shared memory header (bytes 48..64)
 
 
 def _run_knb(data, seed, ctx):
@@ -1273,11 +1475,96 @@ def _check_cache(nb, data, seed, ctx):
 _BUNDLE_PATH = None
 
 
+def _stand_in_devices(seeds) -> list:
+    """Devices as kernbin's gate sees them, one per "runs on" of the seed bundles' entries (the CPU
+    runtime that made an ``opencl-runtime`` entry, an Intel GPU of each IP of the ``intel-gpu`` and
+    fat entries, plus one GPU of an IP no entry has): real ``OpenCLDevice`` logic (``can_run`` of the
+    OpenCL backend, ``payload``) over a made-up identity, with no runtime behind it (nothing is
+    loaded into the fuzzing process)."""
+    from types import SimpleNamespace
+
+    from kernbin.backends import get_backend
+    from kernbin.backends.opencl import OpenCLDevice
+    from kernbin.device import DeviceId, Requirements, Toolchain
+    from kernbin.target import Target as KTarget
+
+    class StandIn(OpenCLDevice):
+        def __init__(self, selector, id, own, decoder, fmt):
+            self.backend, self.target, self.id = get_backend("opencl"), KTarget("opencl", selector), id
+            self.platform = SimpleNamespace(name="Intel(R) OpenCL")
+            self._own, self._decoder, self._fmt = own, decoder, fmt
+
+        @property
+        def toolchain(self):         # another toolchain than any entry's: the decoder version is asked
+            return Toolchain("opencl", "stand-in", "0", {})
+
+        def requirements_for_own_binaries(self, binary=None):
+            return self._own
+
+        def zebin_decoder_version(self):
+            return self._decoder
+
+        def _binary_format(self):
+            return self._fmt
+
+    from kernbin.backends.cuda import CudaDevice
+
+    class CudaStandIn(CudaDevice):
+        def __init__(self, sm, ptx_isa):
+            self.backend, self.target = get_backend("cuda"), KTarget("cuda", "0")
+            self.sm, self.ptx_isa = sm, ptx_isa
+            self.id = DeviceId("cuda", "NVIDIA Corporation", f"sm_{sm}", f"sm_{sm}", "0", "0",
+                               {"sm": sm, "ptx_isa": "%d.%d" % ptx_isa})
+
+        @property
+        def toolchain(self):
+            return Toolchain("cuda", "stand-in", "0", {})
+
+    devices, seen = [], set()
+    ips, sms = set(), set()
+    for sd in seeds:
+        for _, k in _kbin_kernels(sd.info.get("doc", {}).get("meta", {})):
+            for e in k.get("entries") or []:
+                req = dict(e["info"]["requires"])           # {"kind": ..., the values...}
+                kind = req.pop("kind")
+                if kind == "opencl-runtime" and str(sorted(req.items())) not in seen:
+                    seen.add(str(sorted(req.items())))
+                    devices.append(StandIn("cpu", DeviceId("opencl", "Intel", req.get("device", ""),
+                                                           req.get("arch", ""), req.get("driver", ""),
+                                                           req.get("runtime", "")),
+                                           Requirements("opencl-runtime", req), None, "opencl-cpu-elf"))
+                elif kind == "intel-gpu":
+                    ips.add((req.get("ip_version"), req.get("ze_info_version")))
+                elif kind == "intel-gpu-fat":
+                    ips.update((m.get("ip_version"), m.get("ze_info_version")) for m in req.get("members", []))
+                elif kind in ("cuda", "cuda-fat"):
+                    sms.update(m.get("sm") for m in req.get("members", [req]) if isinstance(m.get("sm"), int))
+    for ip, zev in sorted(ips, key=str) + [("1.2.3", "1.8")]:
+        devices.append(StandIn("gpu", DeviceId("opencl", "Intel", f"GPU {ip}", "gpu", "0", "0",
+                                               {"ip_version": ip}), Requirements("opencl-runtime", {}), zev, "zebin"))
+    for sm in sorted(sms) + ([sms and max(sms) + 10] if sms else []):
+        devices.append(CudaStandIn(sm, (9, 0)))
+    return devices
+
+
+def _setup_bundle(seeds, tmp):
+    return seeds, {"devices": _stand_in_devices(seeds)}
+
+
 def _run_bundle(data, seed, ctx):
-    """Open a bundle and read everything in it: every kernel's entries, blobs and IR, then verify."""
+    """Check the container (header digest, layout, every section's digest: ``past_digests``), then
+    open the bundle and read everything in it: every kernel's entries, blobs and IR; then, on each
+    stand-in device, choose and gate every kernel (``gated``: at least one passed); then verify()."""
     import tempfile
     import kernbin
+    from kernbin.api import gate_from_bundle
+    from kernbin.bundle import BUNDLE_MAGIC, BUNDLE_VERSION, MAX_MANIFEST
+    from kernbin.container import Container
+    from kernbin.errors import IncompatibleBinary, InvalidBinary
     global _BUNDLE_PATH
+    c = Container.parse(data, magic=BUNDLE_MAGIC, versions=(BUNDLE_VERSION,), max_header=MAX_MANIFEST)
+    c.verify_all()
+    REACHED.add("past_digests")
     if _BUNDLE_PATH is None:
         _BUNDLE_PATH = os.path.join(tempfile.mkdtemp(prefix="kernbin-fuzz-bundle-"), "x.kbin")
     path = _BUNDLE_PATH
@@ -1287,10 +1574,18 @@ def _run_bundle(data, seed, ctx):
     with kernbin.open_bundle(path) as b:
         for name in b.names:
             entries = b.entries(name)
-            for e in entries:
-                b.native(e)
-            ir = b.ir(name)
+            ir = None if entries else b.ir(name)
+            for i, e in enumerate(entries):     # the IR (parsed, hash compared) with the first entry only:
+                nb = b.native(e, with_ir=i == 0)    # a 4 MiB PTX takes ~0.3 s a parse; verify() parses it again
+                ir = nb.ir if i == 0 else ir
             out[name] = (len(entries), ir.sha256 if ir is not None else None)
+        for device in (ctx or {}).get("devices", ()):
+            for name in b.names:
+                try:
+                    gate_from_bundle(b, name, device)
+                except (IncompatibleBinary, InvalidBinary):
+                    continue                # nothing fits, or the bytes fail the payload check: a verdict
+                REACHED.add("gated")
         b.verify()
     return out
 
@@ -1407,7 +1702,8 @@ TARGETS = {t.name: t for t in (
     Target("opencl-elf", ("ocl",), _run_ocl, "kernbin.formats.opencl_elf.describe", _check_json),
     Target("cubin", ("cubin",), _run_cubin, "kernbin.formats.cubin.cubin_kernels + cubin_sm"),
     Target("fatbin", ("fatbin",), _run_fatbin, "kernbin.formats.cubin.fatbin_members"),
-    Target("bundle", ("kbin",), _run_bundle, "kernbin.open_bundle + every entry, blob and IR, then verify()"),
+    Target("bundle", ("kbin",), _run_bundle, "kernbin.open_bundle + every entry, blob and IR, selection and the "
+           "gate on stand-in devices, then verify()", setup=_setup_bundle, reach=("past_digests", "gated")),
     Target("lease", ("lease",), _run_lease, "kernbin.cache.remote.RemoteStore.read_lease of a signed lease value"),
     Target("triton-meta", ("tmeta",), _run_tmeta,
            "kernbin.triton LaunchMeta.from_json, then TritonKernel.pack (no device)", _check_tmeta),
@@ -1545,6 +1841,7 @@ def _worker(target: Target, seeds, pool, ctx, rng_seed: int, deadline: float, sh
     signal.signal(signal.SIGINT, signal.SIG_IGN)          # the parent handles ^C
     rng = random.Random(rng_seed)
     counts = {ACCEPTED: 0, REJECTED: 0, OTHER: 0}
+    reached = [0] * _REACH_SLOTS
     saved = {}
     pack_into, mono = struct.pack_into, time.monotonic
     n = 0
@@ -1560,10 +1857,14 @@ def _worker(target: Target, seeds, pool, ctx, rng_seed: int, deadline: float, sh
         shm[_SHM_HEAD:_SHM_HEAD + len(data)] = data
         pack_into("<Id", shm, 36, len(data), mono())        # length and start first, then the flag
         pack_into("<I", shm, 32, 1)
+        REACHED.clear()
         outcome, sig, detail = run_one(target, data, seed, ctx)
         pack_into("<I", shm, 32, 0)
         counts[outcome] += 1
+        for i, milestone in enumerate(target.reach[:_REACH_SLOTS]):
+            reached[i] += milestone in REACHED
         n += 1
+        pack_into("<QQ", shm, 48, *reached)
         pack_into("<QQQQ", shm, 0, n, counts[ACCEPTED], counts[REJECTED], counts[OTHER])
         if outcome == OTHER:
             path = save_other(out_dir, target.name, data, sig, detail, seed, saved, max_saves)
@@ -1591,7 +1892,8 @@ def fuzz(name: str, seconds: float, rng_seed: int, out_dir: str, raw_seeds: dict
     target = TARGETS[name]
     t_start = time.monotonic()
     seeds = prepare_seeds(raw_seeds, target.kinds)
-    summary = {"target": name, "inputs": 0, "rejected": 0, "accepted": 0, "other": 0, "seconds": 0.0}
+    summary = {"target": name, "inputs": 0, "rejected": 0, "accepted": 0, "other": 0,
+               **{milestone: 0 for milestone in target.reach}, "seconds": 0.0}
     if not seeds:
         _log(f"fuzz: {name}: skipped, no seeds (its runtime is missing)")
         summary.update(skipped="no seeds: the runtime that builds them is missing")
@@ -1660,6 +1962,8 @@ def fuzz(name: str, seconds: float, rng_seed: int, out_dir: str, raw_seeds: dict
             summary["accepted"] += a
             summary["rejected"] += r
             summary["other"] += o
+            for milestone, count in zip(target.reach, struct.unpack_from("<QQ", shm, 48)):
+                summary[milestone] += count
             state, length, _ = struct.unpack_from("<IId", shm, 32)
             if killed is None and p.exitcode != 0:
                 killed = f"crash (exit code {p.exitcode})"

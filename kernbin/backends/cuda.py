@@ -429,8 +429,9 @@ class CudaDevice(Device):
                                     f"{req.get('code')} sm_{req.get('sm')}", rule="device-binary")
             return b
         if req.kind == "cuda-fat":
-            have = sorted((m["kind"], m["sm"]) for m in cufmt.fatbin_members(b))   # bounds-checked members
-            said = sorted((m.get("code"), m.get("sm")) for m in req.get("members", []) if isinstance(m, dict))
+            have = sorted(((m["kind"], m["sm"]) for m in cufmt.fatbin_members(b)), key=repr)   # bounds-checked
+            said = sorted(((m.get("code"), m.get("sm")) for m in req.get("members", []) if isinstance(m, dict)),
+                          key=repr)          # (values of any JSON type: never compared with each other)
             if have != said:
                 raise InvalidBinary(f"the fatbin holds {have}, its build info says {said}", rule="device-binary")
             return b

@@ -12,7 +12,9 @@ as a whole (sending, the status line and headers, the body) has a deadline ``tim
 away, enforced on every read from the socket. A response is never read past
 ``max_entry_size + 1`` bytes: a larger ``Content-Length`` on a ``GET`` that found the entry (200)
 is refused without reading the body (:class:`~kernbin.cache.remote.RejectedEntry`, rule
-``"oversized"``), so is a body that grows past it. Any other answer's body (a ``201`` to a ``PUT``,
+``"oversized"``), so is a body that grows past it. A body is read in place (``readinto``) into one
+``bytearray``: of the announced length, or grown a chunk at a time for a chunked body, so a value
+takes about its size in memory while it is read (``benchmarks/remote_memory.py``). Any other answer's body (a ``201`` to a ``PUT``,
 a ``404`` page) is read up to 64 KiB to keep the connection; a longer one drops the connection
 and is ignored (a success status) or a failure (any other).
 Header lines and counts are bounded by :mod:`http.client`. Redirects are not followed. A failure
@@ -80,6 +82,22 @@ class _DeadlineSocket:
 
     def __getattr__(self, name):
         return getattr(self.sock, name)
+
+
+def _fill(resp, buf: bytearray, at: int, n: int) -> int:
+    """Read up to ``n`` bytes of ``resp``'s body into ``buf[at:at + n]`` (looping over short reads);
+    the count read, less than ``n`` only at the end of the body."""
+    done = 0
+    while done < n:
+        view = memoryview(buf)[at + done:at + n]
+        try:
+            got = resp.readinto(view)
+        finally:
+            view.release()
+        if not got:
+            break
+        done += got
+    return done
 
 
 def _close_all(conns: set) -> None:
@@ -173,21 +191,36 @@ class HttpStore(RemoteStore):
                 raise
         raise AssertionError("unreachable")
 
-    def _read_body(self, resp, limit: int) -> bytes | None:
-        """At most ``limit`` bytes of the body; None (connection dropped) when there are more."""
-        if resp.length is not None and resp.length > limit:
-            return None
-        parts, total = [], 0
-        while True:
-            chunk = resp.read(min(_CHUNK, limit + 1 - total))
-            if not chunk:
-                return b"".join(parts)
-            parts.append(chunk)
-            total += len(chunk)
-            if total > limit:
+    def _read_body(self, resp, limit: int) -> bytearray | None:
+        """The body, at most ``limit`` bytes, read in place into one buffer (``readinto``: no chunk list
+        joined, no copy); None (the caller drops the connection) when there are more. With a
+        ``Content-Length`` the buffer is allocated once at that size; without one (chunked, or up to
+        the close) it grows a chunk at a time and reading stops one byte past ``limit``."""
+        if resp.length is not None:
+            if resp.length > limit:
                 return None
+            if resp.length == 0:               # (a 204): read() marks the response done
+                resp.read()
+                return bytearray()
+            buf = bytearray(resp.length)
+            n = _fill(resp, buf, 0, len(buf))
+            if n < len(buf):                   # the server closed early
+                raise http.client.IncompleteRead(bytes(0), len(buf) - n)
+            return buf
+        buf, n = bytearray(), 0
+        while True:
+            want = min(_CHUNK, limit + 1 - n)
+            del buf[n:]
+            buf.extend(bytes(want))
+            got = _fill(resp, buf, n, want)
+            n += got
+            if n > limit:
+                return None
+            if got < want:                      # end of the body
+                del buf[n:]
+                return buf
 
-    def _finish(self, resp, ok: tuple, what: str) -> bytes | None:
+    def _finish(self, resp, ok: tuple, what: str) -> bytearray | bytes | None:
         """The body of an answer whose status is in ``ok`` (bounded); RemoteCallError for another status.
         Only a value (``GET`` 200) longer than ``max_entry_size`` is :class:`RejectedEntry`; another
         answer's body over 64 KiB is not read (the connection is dropped): ``b""`` for a status in ``ok``."""
@@ -209,7 +242,7 @@ class HttpStore(RemoteStore):
         return body
 
     # -- entries ----------------------------------------------------------------------
-    def _get(self, key: str) -> bytes | None:
+    def _get(self, key: str) -> bytearray | None:
         resp, _ = self._request("GET", key)
         if resp.status in (404, 410):
             self._finish(resp, (404, 410), "GET")

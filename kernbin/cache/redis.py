@@ -1,7 +1,11 @@
 """The Redis tier (``KERNBIN_REMOTE=redis://host:port/db``, ``rediss://``, ``unix:///path``), via redis-py.
 
-Entries live at ``kernbin:v1:<key>`` (signed values, see :mod:`kernbin.cache.remote`); a read
-fetches at most ``max_entry_size + 1`` bytes (``GETRANGE``), so a huge value is refused unread.
+Entries live at ``kernbin:v1:<key>`` (signed values, see :mod:`kernbin.cache.remote`). A read asks
+for the length and the first MiB in one script call (atomic): a value over ``max_entry_size`` is
+refused unread, one within the first MiB is done. A longer value is read under ``WATCH`` into one
+``bytearray`` of its length, a MiB per ``GETRANGE`` (redis-py copies each reply two or three times
+while parsing it: a MiB at a time that is nothing, the whole value at once it was 2.7 times the value);
+if the key changed meanwhile (``EXEC`` fails) the read is retried, twice, then counts as a miss.
 
 Bounded in time and size whatever the server does: connecting and each read from the socket
 have a ``timeout`` (0.5 s), and each command (sending it and reading its whole reply) a deadline
@@ -25,7 +29,7 @@ import time
 from urllib.parse import urlsplit
 
 from .remote import (OK, Lease, LeaseAttempt, RejectedEntry, RemoteCallError, RemoteConfigError, RemoteStore,
-                     _LEASE_MAX, _redact, holder_id)
+                     _LEASE_MAX, _redact, holder_id, remote_text)
 
 __all__ = ["RedisStore"]
 
@@ -60,6 +64,18 @@ end
 return 0
 """
 _SLACK = 64 << 10         # bytes a reply may take besides the value (RESP framing, a handshake's map)
+# -> {-1, ""} the key holds no string, {0, ""} none, {n, first ARGV[1] bytes} (n > ARGV[2]: nothing read)
+_READ_HEAD = """
+local t = redis.call('TYPE', KEYS[1])['ok']
+if t == 'none' then return {0, ''} end
+if t ~= 'string' then return {-1, ''} end
+local n = redis.call('STRLEN', KEYS[1])
+if n > tonumber(ARGV[2]) then return {n, ''} end
+return {n, redis.call('GETRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)}
+"""
+_READ_CHUNK = 1 << 20     # bytes per GETRANGE: a value is read into one buffer, this much at a time
+_READ_TRIES = 3           # reads of a value that keeps changing meanwhile, before it counts as a miss
+_CHANGED = object()
 
 
 class _ReplyTooLarge(OSError):
@@ -167,7 +183,8 @@ class RedisStore(RemoteStore):
             self._client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout,
                                                 retry_on_timeout=False, connection_class=bounded)
         except (ValueError, TypeError) as e:
-            raise RemoteConfigError(_redact(url), "url", f"redis-py refuses it ({e})") from None
+            raise RemoteConfigError(_redact(url), "url", f"redis-py refuses it ({remote_text(e)})") from None
+        self._read_head = self._client.register_script(_READ_HEAD)
         self._acquire = self._client.register_script(_ACQUIRE)
         self._renew = self._client.register_script(_RENEW)
         self._release = self._client.register_script(_RELEASE)
@@ -184,16 +201,68 @@ class RedisStore(RemoteStore):
         return RemoteCallError(self.url, None, f"{what}: unexpected reply of type {type(reply).__name__}")
 
     # -- entries --------------------------------------------------------------------
-    def _get(self, key: str) -> bytes | None:
-        try:
-            value = self._client.getrange(self.prefix + key, 0, self.max_entry_size)
-        except self._redis.exceptions.ResponseError as e:
-            if str(e).startswith("WRONGTYPE"):
-                raise RejectedEntry("format", "not a kernbin remote entry (not a string)") from None
-            raise
-        if not isinstance(value, bytes):
-            raise self._malformed("GETRANGE", value)
-        return value or None                         # GETRANGE of a missing key is b""
+    def _get(self, key: str) -> bytes | bytearray | None:
+        """One script call answers the length and the first chunk (atomically); a value that fits
+        in it is done. A longer one is read again under ``WATCH``, into one ``bytearray`` of its
+        length, a chunk per ``GETRANGE``; changed meanwhile (another host stored the key), the read is
+        retried, then given up (a miss)."""
+        k = self.prefix + key
+        n, first = self._head(k)
+        if n == 0:
+            return None                              # no such key (or an empty value: not an entry)
+        if n <= _READ_CHUNK:
+            if len(first) != n:
+                raise self._malformed("entry head", first)
+            return first
+        for _ in range(_READ_TRIES):
+            value = self._read_watched(k)
+            if value is not _CHANGED:
+                return value
+        return None
+
+    def _head(self, k: str) -> tuple[int, bytes]:
+        """``(length, first chunk)`` of the value at ``k``; :class:`RejectedEntry` ``"format"`` for a
+        key that holds no string, ``"oversized"`` (nothing read) for a value over ``max_entry_size``."""
+        res = self._read_head(keys=[k], args=[_READ_CHUNK, self.max_entry_size])
+        if not (isinstance(res, list) and len(res) == 2 and type(res[0]) is int and isinstance(res[1], bytes)
+                and -1 <= res[0] and len(res[1]) <= min(max(res[0], 0), _READ_CHUNK)):
+            raise self._malformed("entry head", res)
+        if res[0] == -1:
+            raise RejectedEntry("format", "not a kernbin remote entry (not a string)")
+        if res[0] > self.max_entry_size:
+            raise RejectedEntry("oversized", f"value larger than {self.max_entry_size} bytes (not read)")
+        return res[0], res[1]
+
+    def _read_watched(self, k: str):
+        """The value at ``k`` (read under WATCH into one buffer), None when gone, ``_CHANGED`` when it
+        changed while being read."""
+        with self._client.pipeline(transaction=True) as pipe:
+            pipe.watch(k)                            # from here the pipeline runs commands at once
+            n = pipe.strlen(k)
+            if type(n) is not int:
+                raise self._malformed("STRLEN", n)
+            if n == 0:
+                return None
+            if n > self.max_entry_size:
+                raise RejectedEntry("oversized", f"value larger than {self.max_entry_size} bytes (not read)")
+            buf = bytearray(n)
+            at = 0
+            while at < n:
+                part = pipe.getrange(k, at, min(at + _READ_CHUNK, n) - 1)
+                if not isinstance(part, bytes):
+                    raise self._malformed("GETRANGE", part)
+                if len(part) != min(_READ_CHUNK, n - at):
+                    return _CHANGED                  # shorter than the length said: it changed
+                buf[at:at + len(part)] = part
+                at += len(part)
+                del part
+            pipe.multi()
+            pipe.strlen(k)
+            try:
+                pipe.execute()                       # EXEC fails if the key changed since WATCH
+            except self._redis.exceptions.WatchError:
+                return _CHANGED
+            return buf
 
     def _put(self, key: str, value: bytes) -> None:
         self._client.set(self.prefix + key, value)

@@ -15,7 +15,11 @@ catch corruption, not forgery, so there is no unsigned mode: a store without a k
 :class:`RemoteDisabledWarning`. So does a malformed URL (rule ``"url"``) or a missing redis-py
 (rule ``"redis-py"``), or a host name that is not a valid IDNA name (``a..b``, a label over 63
 characters). A value longer than ``max_entry_size`` is never read whole: it is refused
-(:class:`RejectedEntry`, rule ``"oversized"``).
+(:class:`RejectedEntry`, rule ``"oversized"``). A value is read into one buffer of its size (a
+``bytearray``, filled in place; :meth:`RemoteStore.unwrap` returns a view of it), so reading one
+takes about its size in memory, not two or three copies of it. What a remote says in words (an
+error message, a reason phrase) is escaped and cut (:func:`remote_text`) before it reaches a
+warning or an exception's message: a server chooses it.
 
 A tier down, slow or answering garbage: every call is bounded in time (and in the bytes it
 reads); the first failure warns once (:class:`RemoteUnavailableWarning`) and the tier is skipped
@@ -49,7 +53,8 @@ from ..errors import KernbinError, KernbinWarning
 
 __all__ = ["RemoteStore", "Lease", "LeaseAttempt", "RejectedEntry", "RemoteConfigError", "RemoteCallError",
            "RemoteDisabledWarning", "RemoteUnavailableWarning", "RemoteRejectedWarning", "FleetWaitWarning",
-           "check_url", "open_remote", "OK", "FAILED", "SKIPPED", "DEFAULT_MAX_ENTRY_SIZE"]
+           "check_url", "open_remote", "remote_text", "OK", "FAILED", "SKIPPED", "DEFAULT_MAX_ENTRY_SIZE",
+           "MAX_REMOTE_TEXT"]
 
 _MAGIC = b"KBR1"
 _SIGNED, _UNSIGNED = 1, 0
@@ -91,8 +96,8 @@ class RemoteCallError(KernbinError):
     Handled like an unreachable tier: one warning, a rest period."""
 
     def __init__(self, url: str, status: int | None, reason: str):
-        self.url, self.status, self.reason = url, status, reason
-        super().__init__(f"{url}: {reason}")
+        self.url, self.status, self.reason = url, status, remote_text(reason)
+        super().__init__(f"{url}: {self.reason}")
 
 
 class RemoteDisabledWarning(KernbinWarning):
@@ -107,11 +112,13 @@ class RemoteDisabledWarning(KernbinWarning):
 
 class RemoteUnavailableWarning(KernbinWarning):
     """A remote tier could not be reached or answered with an error: ``url``, ``error`` (the
-    exception), ``retry_after`` (seconds the tier is skipped). Issued once per store."""
+    exception), ``detail`` (its text as shown: escaped and cut, see :func:`remote_text`: a server
+    chooses it), ``retry_after`` (seconds the tier is skipped). Issued once per store."""
 
     def __init__(self, url: str, error: BaseException, retry_after: float):
         self.url, self.error, self.retry_after = url, error, retry_after
-        super().__init__(f"kernbin: remote cache {url} unavailable ({error}); using the local cache only "
+        self.detail = remote_text(error)
+        super().__init__(f"kernbin: remote cache {url} unavailable ({self.detail}); using the local cache only "
                          f"(retrying every {retry_after:g} s)")
 
 
@@ -119,8 +126,8 @@ class RemoteRejectedWarning(KernbinWarning):
     """A remote entry or lease value was refused: ``key`` and ``rule`` (see :class:`RejectedEntry`)."""
 
     def __init__(self, key: str, error: RejectedEntry):
-        self.key, self.rule, self.reason = key, error.rule, error.reason
-        super().__init__(f"kernbin: rejected remote cache entry {key[:16]}: {error.reason}")
+        self.key, self.rule, self.reason = key, error.rule, remote_text(error.reason)
+        super().__init__(f"kernbin: rejected remote cache entry {key[:16]}: {self.reason}")
 
 
 class FleetWaitWarning(KernbinWarning):
@@ -131,6 +138,28 @@ class FleetWaitWarning(KernbinWarning):
         self.key, self.waited, self.holder = key, waited, holder
         super().__init__(f"kernbin: waited {waited:g} s for {holder or 'another host'} to build {key[:16]}; "
                          "building it here")
+
+
+#: a remote's own text (an error message, an HTTP reason phrase) is cut to this many characters
+#: before it reaches a warning, an exception message or a terminal
+MAX_REMOTE_TEXT = 200
+
+
+def remote_text(text, limit: int = MAX_REMOTE_TEXT) -> str:
+    """``text`` from a remote (or its client), fit for a warning or stderr: control characters (escape
+    sequences, newlines, NUL) shown escaped (``\\x1b``), then cut to ``limit`` characters, saying how
+    many were left out. A hostile server cannot style, move or flood a terminal with it."""
+    text = str(text)
+    if len(text) > 4 * limit:                       # escaping may only lengthen what is kept
+        text, cut = text[:4 * limit], len(text) - 4 * limit
+    else:
+        cut = 0
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    if len(text) > limit:
+        cut += len(text) - limit
+        text = text[:limit]
+    return f"{text}... ({cut} more characters)" if cut else text
 
 
 def _redact(url: str) -> str:
@@ -256,27 +285,32 @@ class RemoteStore:
         self._warned = False
 
     # -- framing ------------------------------------------------------------------
-    def _sign(self, key: str, data: bytes) -> bytes:
-        """HMAC-SHA256 over the key and the bytes: an entry cannot be replayed under another key."""
-        return hmac.new(self.hmac_key, key.encode() + b"\0" + data, hashlib.sha256).digest()
+    def _sign(self, key: str, data) -> bytes:
+        """HMAC-SHA256 over the key and the bytes: an entry cannot be replayed under another key.
+        (Fed in parts: the value is never copied to be signed.)"""
+        h = hmac.new(self.hmac_key, key.encode() + b"\0", hashlib.sha256)
+        h.update(data)
+        return h.digest()
 
-    def wrap(self, key: str, data: bytes) -> bytes:
+    def wrap(self, key: str, data) -> bytes:
         """The stored value for ``data`` under ``key``: magic, flag, HMAC over key and bytes, bytes."""
-        return _MAGIC + bytes([_SIGNED]) + self._sign(key, data) + data
+        return b"".join((_MAGIC, bytes([_SIGNED]), self._sign(key, data), data))
 
-    def unwrap(self, key: str, value: bytes) -> bytes:
-        """The ``.knb`` bytes of a stored value; :class:`RejectedEntry` unless it is signed with our key
-        and no longer than ``max_entry_size``."""
+    def unwrap(self, key: str, value) -> memoryview:
+        """The ``.knb`` bytes of a stored value (``bytes``, or the ``bytearray`` a tier read it into),
+        as a view of ``value`` (no copy); :class:`RejectedEntry` unless it is signed with our key and
+        no longer than ``max_entry_size``."""
         if len(value) > self.max_entry_size:
             raise RejectedEntry("oversized", f"value larger than {self.max_entry_size} bytes")
-        if len(value) < 5 or value[:4] != _MAGIC or value[4] not in (_SIGNED, _UNSIGNED):
+        view = memoryview(value).cast("B") if not isinstance(value, memoryview) else value.cast("B")
+        if len(view) < 5 or view[:4] != _MAGIC or view[4] not in (_SIGNED, _UNSIGNED):
             raise RejectedEntry("format", "not a kernbin remote entry")
-        if value[4] != _SIGNED:
+        if view[4] != _SIGNED:
             raise RejectedEntry("unsigned", "entry is not signed")
-        if len(value) < 37:
+        if len(view) < 37:
             raise RejectedEntry("truncated", "truncated signature")
-        sig, data = value[5:37], value[37:]
-        if not hmac.compare_digest(sig, self._sign(key, data)):
+        sig, data = view[5:37], view[37:]
+        if not hmac.compare_digest(bytes(sig), self._sign(key, data)):
             raise RejectedEntry("signature", "HMAC signature mismatch")
         return data
 

@@ -67,6 +67,14 @@ _POINTER = re.compile(r"\*k?(?:i1|i8|i16|i32|i64|u1|u8|u16|u32|u64|fp8e4nv|fp8e5
                       r"fp16|bf16|fp32|f32|fp64)")
 #: the largest cluster Triton launches (``num_ctas``; 16 is non-portable: Hopper and Blackwell)
 MAX_NUM_CTAS = 16
+#: what the devices a launch can reach allow (refused when loading the metadata, before any launch):
+#: warps per block a power of two up to 32 (1024 threads of 32), threads per block at most 1024 (CUDA's
+#: limit on every compute capability), a warp of 16, 32 or 64 threads, and at most 227 KiB (232448
+#: bytes) of shared memory per block (the opt-in maximum of sm_90 / sm_100; sm_80 allows 163 KiB)
+MAX_NUM_WARPS = 32
+MAX_THREADS_PER_BLOCK = 1024
+WARP_SIZES = (16, 32, 64)
+MAX_SHARED_BYTES = 232448
 
 
 def param_size(ty: str) -> int | None:
@@ -162,13 +170,14 @@ class _ScratchJSON(msgspec.Struct, forbid_unknown_fields=True):
 class _MetaJSON(msgspec.Struct):
     format: int
     kernel: _Name
-    num_warps: Annotated[int, msgspec.Meta(ge=1, le=1024)]
+    num_warps: Annotated[int, msgspec.Meta(ge=1, le=MAX_NUM_WARPS)]
     args: Annotated[list[_ArgJSON], msgspec.Meta(max_length=4096)]
     params: Annotated[list[_ParamJSON], msgspec.Meta(max_length=4096)]
     threads_per_warp: Annotated[int, msgspec.Meta(ge=1, le=128)] = 32
     num_ctas: Annotated[int, msgspec.Meta(ge=1, le=MAX_NUM_CTAS)] = 1
-    cluster_dims: list[Annotated[int, msgspec.Meta(ge=1, le=64)]] = msgspec.field(default_factory=lambda: [1, 1, 1])
-    shared: Annotated[int, msgspec.Meta(ge=0, le=1 << 24)] = 0
+    cluster_dims: list[Annotated[int, msgspec.Meta(ge=1, le=MAX_NUM_CTAS)]] = \
+        msgspec.field(default_factory=lambda: [1, 1, 1])
+    shared: Annotated[int, msgspec.Meta(ge=0, le=MAX_SHARED_BYTES)] = 0
     global_scratch: _ScratchJSON = msgspec.field(default_factory=_ScratchJSON)
     profile_scratch: _ScratchJSON = msgspec.field(default_factory=_ScratchJSON)
     launch_cooperative_grid: bool = False
@@ -228,11 +237,23 @@ class LaunchMeta:
             raise TritonMetaError(f"format {j.format!r} (this kernbin reads {FORMAT})", "format")
         if not _KERNEL.fullmatch(j.kernel):
             raise TritonMetaError(f"bad kernel name {j.kernel!r}", "kernel")
-        if j.num_warps * j.threads_per_warp > 4096:
-            raise TritonMetaError(f"{j.num_warps} warps of {j.threads_per_warp} threads is more than any GPU runs",
-                                  "num_warps")
+        if j.num_warps & (j.num_warps - 1):
+            raise TritonMetaError(f"num_warps {j.num_warps} is not a power of two", "num_warps")
+        if j.threads_per_warp not in WARP_SIZES:
+            raise TritonMetaError(f"a warp of {j.threads_per_warp} threads (devices have {WARP_SIZES})",
+                                  "threads_per_warp")
+        if j.num_warps * j.threads_per_warp > MAX_THREADS_PER_BLOCK:
+            raise TritonMetaError(f"{j.num_warps} warps of {j.threads_per_warp} threads is more than the "
+                                  f"{MAX_THREADS_PER_BLOCK} threads a block can have", "num_warps")
         if len(j.cluster_dims) != 3:
             raise TritonMetaError(f"bad cluster_dims {j.cluster_dims!r}", "cluster_dims")
+        cluster = j.cluster_dims[0] * j.cluster_dims[1] * j.cluster_dims[2]
+        if cluster > MAX_NUM_CTAS:
+            raise TritonMetaError(f"cluster_dims {j.cluster_dims} make a cluster of {cluster} blocks, more than "
+                                  f"{MAX_NUM_CTAS}", "cluster_dims")
+        if cluster != 1 and cluster != j.num_ctas:      # the launcher launches clusters of num_ctas x 1 x 1
+            raise TritonMetaError(f"cluster_dims {j.cluster_dims} ({cluster} blocks) disagree with num_ctas "
+                                  f"{j.num_ctas}", "cluster_dims")
         args = []
         seen = set()
         for a in j.args:

@@ -76,7 +76,8 @@ def add_parser(sub) -> None:
     c.add_argument("--option", action="append", metavar="KEY=VALUE", help="another Triton option (repeatable)")
     c.add_argument("--add", action="store_true", help="add to the bundle -o if it exists (same name: replaced)")
     c.add_argument("--sign", metavar="KEY", help="sign the bundle with this private key")
-    c.add_argument("--jobs", "-j", type=int, default=None, help="worker processes (default: one per core)")
+    from ..cli import positive_int
+    c.add_argument("--jobs", "-j", type=positive_int, default=None, help="worker processes (default: one per core)")
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_triton_compile)
 
