@@ -143,7 +143,8 @@ class Device(ABC):
 class Module(ABC):
     """A loaded program. ``source`` is ``"native"`` or ``"ir"`` (rebuilt by fallback).
     ``native`` is None only for modules from :meth:`Device.load_ir` / :meth:`Device.load_binary`;
-    ``member`` names the fat-binary member that was loaded, if any."""
+    ``member`` names the fat-binary member that was loaded, if any; ``driver_jit`` says why the
+    driver compiled IR instead of loading native code (None: it did not; see :mod:`kernbin._jit`)."""
 
     def __init__(self, device: Device, native: NativeBinary | None):
         self.device = device
@@ -151,6 +152,7 @@ class Module(ABC):
         self.source = "native"
         self.fallback_reason: str | None = None
         self.member: str | None = None
+        self.driver_jit: str | None = None
         self._kernels: dict[str, Kernel] = {}
 
     @property
