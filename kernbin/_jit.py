@@ -12,10 +12,11 @@ load and sets ``module.driver_jit``; the gate's verdict says when the member it 
 - in strict mode (``strict=True``, or ``KERNBIN_STRICT=1`` when ``strict`` is None) it is a
   :class:`~kernbin.errors.DriverJitError` (``rule="driver-jit"``) instead;
 - a zebin that carries its IR (``Fit(ok=True, rule="embedded-ir")``: built before kernbin passed
-  ocloc ``-exclude_ir``, or by another tool) is only a *possible* JIT: it loads, the build log says
-  whether the driver recompiled, and :func:`check_verdict` reports the flag; strict mode refuses it
-  before the runtime sees the bytes (``rule="embedded-ir"``): a driver that writes no such log
-  line could not prove it did not recompile.
+  ocloc ``-exclude_ir``, or by a driver that embeds it) is only a *possible* JIT: it loads and
+  :func:`check_verdict` reports the flag. On a device that reads the build log after a native load
+  (``Device.reports_recompile``: Level Zero) the log then tells, so strict mode judges by it; on
+  any other device strict mode refuses such bytes before the runtime sees them
+  (``rule="embedded-ir"``), as nothing would show a recompile there.
 
 ``kernbin.api`` calls :func:`refuse_possible_jit` between the gate and the runtime,
 :func:`report_driver_jit` for every module a native load returns and :func:`check_verdict` in
@@ -62,10 +63,16 @@ def _possible(fit) -> str | None:
     return None
 
 
+def _unconfirmable(device, fit) -> str | None:
+    """A possible JIT on a device whose load would not show whether it happened."""
+    return None if device.reports_recompile else _possible(fit)
+
+
 def refuse_possible_jit(device, fit, strict: bool | None = None) -> None:
     """Strict mode: raise :class:`DriverJitError` (``rule="embedded-ir"``) for bytes the gate let
-    through as a possible driver JIT, before the runtime sees them."""
-    possible = _possible(fit)
+    through as a possible driver JIT, before the runtime sees them, unless the device reads the
+    build log after the load (then :func:`report_driver_jit` judges by it)."""
+    possible = _unconfirmable(device, fit)
     if possible and strict_mode(strict):
         raise DriverJitError(possible, rule="embedded-ir", target=str(device.target))
 
@@ -79,7 +86,7 @@ def report_driver_jit(module, fit=None, strict: bool | None = None):
     if strict_mode(strict):
         if module.driver_jit:
             raise DriverJitError(module.driver_jit, rule="driver-jit", target=target)
-        possible = _possible(fit)
+        possible = _unconfirmable(module.device, fit)
         if possible:
             raise DriverJitError(possible, rule="embedded-ir", target=target)
         return module
@@ -91,15 +98,16 @@ def report_driver_jit(module, fit=None, strict: bool | None = None):
     return module
 
 
-def check_verdict(result: dict, fit, strict: bool | None = None) -> dict:
+def check_verdict(device, result: dict, fit, strict: bool | None = None) -> dict:
     """``check()``'s answer once the runtime loaded the bytes: ``result["driver_jit"]`` (from the
     probe) or a PTX member make it ``verdict="driver-jit"``, ``ok=False``, ``rule="driver-jit"``;
     a possible JIT (``rule="embedded-ir"``) stays ``native`` with the rule and reason set, and is
-    ``driver-jit`` under strict mode (whatever the runtime said: a strict load never hands it the
-    bytes). Otherwise results where the runtime refused the bytes pass through."""
+    ``driver-jit`` under strict mode where the device cannot show a recompile (whatever the runtime
+    said: a strict load never hands it the bytes). Otherwise results where the runtime refused the
+    bytes pass through."""
     jit = result.pop("driver_jit", None) or jit_of_fit(fit)
     possible = _possible(fit)
-    if possible and strict_mode(strict):              # a strict load refuses these bytes before the runtime
+    if _unconfirmable(device, fit) and strict_mode(strict):     # a strict load refuses these before the runtime
         result.update(ok=False, verdict="driver-jit", rule="embedded-ir", reason=possible, kernels=[])
         return result
     if not result.get("ok"):

@@ -318,8 +318,8 @@ def check(native, target="opencl:cpu", *, isolate: bool = False, trusted_keys=No
         return result
     if isolate:
         result.update(_probe_in_child(native, str(device.target)))
-        return _jit.check_verdict(result, fit, strict)
-    return _jit.check_verdict({**result, **_probe(device, native, payload)}, fit, strict)
+        return _jit.check_verdict(device, result, fit, strict)
+    return _jit.check_verdict(device, {**result, **_probe(device, native, payload)}, fit, strict)
 
 
 def _probe(device, native: NativeBinary, payload: bytes) -> dict:

@@ -6,8 +6,9 @@
   ``KBZE_RECOMPILE_FROM_IR``, which writes NEO's ``-Wrecompiled-from-ir`` warning into the build
   log) is a driver JIT: ``module.driver_jit``, a FallbackWarning, ``check`` verdict ``driver-jit``,
   and a :class:`DriverJitError` in strict mode;
-- an old zebin that still carries its IR is flagged by the gate (``rule="embedded-ir"``) and
-  refused in strict mode before the driver sees it;
+- an old zebin that still carries its IR is flagged by the gate (``rule="embedded-ir"``); in strict
+  mode a device that cannot show a recompile (no build log read) refuses it before the driver sees
+  it, and Level Zero judges by its build log;
 - a CUDA fatbin whose chosen member is PTX gets the same verdict, at the gate.
 """
 import dataclasses
@@ -123,7 +124,7 @@ print(json.dumps(out))
 """
 
 
-def test_a_zebin_carrying_ir_is_flagged_and_refused_in_strict_mode(oc, l0, tmp_path):
+def test_a_zebin_carrying_ir_is_flagged_by_the_gate(oc, l0, tmp_path):
     new = kernbin.build(VADD, "ocloc:pvc")
     old = dataclasses.replace(new, binary=_zebin_with_ir(oc),
                               info=dataclasses.replace(new.info, extra={**new.info.extra, "ir_embedded_in_binary": True}))
@@ -136,13 +137,34 @@ def test_a_zebin_carrying_ir_is_flagged_and_refused_in_strict_mode(oc, l0, tmp_p
     out = json.loads(p.stdout.splitlines()[-1])
     # the gate lets both through (same machine code); the old one is flagged as a possible driver JIT
     assert out["old"]["fit"] == [True, "embedded-ir"] and out["new"]["fit"] == [True, ""]
-    # this CPU driver cannot run GPU code: without strict both reach it and it refuses them
-    assert out["old"]["check"]["verdict"] == "driver" and out["new"]["check"]["verdict"] == "driver"
-    # strict: the old one never reaches the driver; the new one does
-    assert out["old"]["strict_check"]["verdict"] == "driver-jit" and out["old"]["strict_check"]["rule"] == "embedded-ir"
-    assert out["new"]["strict_check"]["verdict"] == "driver"
-    assert out["old"]["strict_load"] == ["DriverJitError", "embedded-ir"]
-    assert out["new"]["strict_load"] == ["RuntimeAPIError", "ZE_RESULT_ERROR_INVALID_NATIVE_BINARY"]
+    # this CPU driver cannot run GPU code: both reach it and it refuses them; Level Zero reads the
+    # build log after a native load, so strict mode lets the old one reach the driver too
+    for name in ("old", "new"):
+        for check in ("check", "strict_check"):
+            assert out[name][check]["verdict"] == "driver"
+        assert out[name]["strict_load"] == ["RuntimeAPIError", "ZE_RESULT_ERROR_INVALID_NATIVE_BINARY"]
+
+
+def test_strict_mode_refuses_ir_carrying_bytes_where_no_build_log_shows_a_recompile(cpu, l0):
+    """The policy for the gate's embedded-ir verdict: the OpenCL device reads no build log after a
+    native load, the Level Zero one does."""
+    from kernbin.backends import _intel
+    fit = Fit(True, _intel.EMBEDDED_IR, "embedded-ir")
+    assert not cpu.reports_recompile and l0.reports_recompile
+    with pytest.raises(DriverJitError) as e:
+        _jit.refuse_possible_jit(cpu, fit, strict=True)
+    assert e.value.rule == "embedded-ir"
+    _jit.refuse_possible_jit(cpu, fit, strict=False)
+    _jit.refuse_possible_jit(l0, fit, strict=True)
+    loaded = {"ok": True, "verdict": "native", "reason": "", "rule": "", "kernels": [{"name": "vadd"}]}
+    res = _jit.check_verdict(cpu, dict(loaded), fit, strict=True)
+    assert (res["ok"], res["verdict"], res["rule"]) == (False, "driver-jit", "embedded-ir")
+    res = _jit.check_verdict(cpu, dict(loaded), fit, strict=False)
+    assert (res["ok"], res["verdict"], res["rule"]) == (True, "native", "embedded-ir")
+    res = _jit.check_verdict(l0, dict(loaded, driver_jit=None), fit, strict=True)
+    assert (res["ok"], res["verdict"], res["rule"]) == (True, "native", "embedded-ir")
+    res = _jit.check_verdict(l0, dict(loaded, driver_jit="recompiled"), fit, strict=True)
+    assert (res["ok"], res["verdict"], res["rule"]) == (False, "driver-jit", "driver-jit")
 
 
 # -- a Level Zero native load the driver recompiles from IR --------------------------------------
@@ -225,7 +247,7 @@ def test_cuda_ptx_member_verdict_warning_and_strict_error(cpu):
     """The policy on a real loaded module (the CPU runtime's) with the gate's real CUDA verdict."""
     ok, rule, reason, member = cufmt.cuda_can_run(FAT, 90, (9, 0))
     fit = Fit(ok, reason, rule, member)
-    res = _jit.check_verdict({"ok": True, "verdict": "native", "reason": "", "rule": "", "kernels": []}, fit)
+    res = _jit.check_verdict(cpu, {"ok": True, "verdict": "native", "reason": "", "rule": "", "kernels": []}, fit)
     assert (res["ok"], res["verdict"], res["rule"]) == (False, "driver-jit", "driver-jit")
     module = kernbin.load(kernbin.build(VADD, cpu), cpu)
     with pytest.warns(FallbackWarning):

@@ -97,6 +97,8 @@ class Device(ABC):
     backend: Backend
     target: Target
     id: DeviceId
+    #: load_native reads the driver's build log and sets ``module.driver_jit`` on a recompile
+    reports_recompile: ClassVar[bool] = False
 
     @property
     @abstractmethod

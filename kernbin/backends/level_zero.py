@@ -181,6 +181,8 @@ def _release(lib, calls):
 
 
 class LevelZeroDevice(Device):
+    reports_recompile = True            # load_native reads the build log (-Wrecompiled-from-ir)
+
     def __init__(self, backend: LevelZeroBackend, target: Target, lib, driver, device):
         self.backend, self.target, self.lib, self.driver, self.device = backend, target, lib, driver, device
         self._decoder: tuple[str | None] | None = None
