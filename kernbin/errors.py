@@ -20,6 +20,7 @@ __all__ = [
     "RuntimeAPIError",
     "BuildError",
     "LaunchError",
+    "DriverJitError",
     "KernbinWarning",
     "FallbackWarning",
 ]
@@ -167,9 +168,24 @@ class LaunchError(KernbinError):
     """A kernel launch was given arguments or sizes it cannot take."""
 
 
+class DriverJitError(KernbinError):
+    """Strict mode (``strict=True`` or ``KERNBIN_STRICT=1``): a "native" load was, or may be, a JIT
+    compile in the driver. ``rule`` is ``"driver-jit"`` (the driver said it recompiled from IR, or
+    the fat-binary member it uses is PTX) or ``"embedded-ir"`` (a zebin that carries its IR, which
+    a driver recompiles from when its own checks fail); ``reason`` says which; ``target`` is the
+    device's target."""
+
+    def __init__(self, reason: str, *, rule: str = "driver-jit", target: str | None = None):
+        self.reason = reason
+        self.rule = rule
+        self.target = target
+        super().__init__(f"not a native load{f' on {target}' if target else ''}: {reason}")
+
+
 class KernbinWarning(UserWarning):
     """Base class of kernbin's warnings."""
 
 
 class FallbackWarning(KernbinWarning):
-    """A native binary could not be used and kernbin rebuilt it from the IR."""
+    """A native binary could not be used and kernbin rebuilt it from the IR, or the driver
+    compiled IR instead of loading it natively (a driver JIT: ``module.driver_jit`` says why)."""

@@ -24,6 +24,7 @@ import warnings
 from dataclasses import replace
 from typing import Any, NamedTuple
 
+from . import _jit
 from .artifact import NativeBinary
 from .backends import open_device
 from .bundle import Bundle
@@ -72,16 +73,20 @@ def _gate(device, native: NativeBinary, fit=None):
     return device.payload(native, fit), fit
 
 
-def _load_checked(device, native: NativeBinary):
+def _load_checked(device, native: NativeBinary, strict: bool | None = None):
     payload, fit = _gate(device, native)
+    if fit.rule:                        # a fit with a rule is a possible driver JIT (kernbin._jit)
+        _jit.refuse_possible_jit(device, fit, strict)
     module = device.load_native(native, payload)
     if fit.member is not None:
         module.member = fit.member
+    if fit.rule or module.driver_jit is not None:
+        _jit.report_driver_jit(module, fit, strict)
     return module
 
 
 def load(native, target="opencl:cpu", *, ir=None, fallback: bool = True, trusted_keys=None,
-         isolate: bool = False):
+         isolate: bool = False, strict: bool | None = None):
     """Load a native binary (a :class:`NativeBinary`, ``.knb`` bytes or a path) natively.
 
     ``ir`` supplies the IR for the fallback when the binary has none embedded.
@@ -92,6 +97,8 @@ def load(native, target="opencl:cpu", *, ir=None, fallback: bool = True, trusted
     With ``isolate`` the bytes are first loaded in a child process (as ``check(isolate=True)``), so
     a runtime that would crash on them crashes there; the verdict is remembered per binary and
     device (in memory and under the cache directory), so the probe is paid once.
+    A native load the driver JIT-compiled (``module.driver_jit``) warns, or with ``strict`` (default:
+    ``KERNBIN_STRICT``) raises :class:`~kernbin.errors.DriverJitError` (see :mod:`kernbin._jit`).
     """
     device = _device(target)
     given_ir = read_ir(ir) if ir is not None else None
@@ -118,7 +125,7 @@ def load(native, target="opencl:cpu", *, ir=None, fallback: bool = True, trusted
             if verdict["verdict"] != "native":
                 raise RuntimeAPIError(device.target.backend, "isolated load", None, verdict.get("rule"),
                                       verdict.get("reason", ""))
-        return _load_checked(device, native)
+        return _load_checked(device, native, strict)
     except (IncompatibleBinary, InvalidBinary) as e:
         if not fallback:
             raise
@@ -143,7 +150,8 @@ def _ir_to_rebuild(native: NativeBinary, given_ir):
         return given_ir
 
 
-def check(native, target="opencl:cpu", *, isolate: bool = False, trusted_keys=None) -> dict:
+def check(native, target="opencl:cpu", *, isolate: bool = False, trusted_keys=None,
+          strict: bool | None = None) -> dict:
     """Verify integrity and requirements, then load natively (no fallback) and create every kernel.
 
     Returns ``{"ok", "verdict", "reason", "rule", "member", "kernels", ...}``: ``verdict`` is
@@ -152,7 +160,7 @@ def check(native, target="opencl:cpu", *, isolate: bool = False, trusted_keys=No
     ``isolate`` the runtime's part runs in a child process, so a driver that crashes on the bytes
     (checksums say the bytes are intact, not that they are benign) gives ``rule="crash"`` instead
     of taking this process down. Never raises for a bad binary (only for a bad target or a missing
-    runtime).
+    runtime). ``"driver-jit"``: it loaded, but the driver compiled IR (see :mod:`kernbin._jit`).
     """
     from ._fs import FileRefused
     device = _device(target)
@@ -170,8 +178,8 @@ def check(native, target="opencl:cpu", *, isolate: bool = False, trusted_keys=No
         return result
     if isolate:
         result.update(_probe_in_child(native, str(device.target)))
-        return result
-    return {**result, **_probe(device, native, payload)}
+        return _jit.check_verdict(device, result, fit, strict)
+    return _jit.check_verdict(device, {**result, **_probe(device, native, payload)}, fit, strict)
 
 
 def _probe(device, native: NativeBinary, payload: bytes) -> dict:
@@ -183,7 +191,7 @@ def _probe(device, native: NativeBinary, payload: bytes) -> dict:
         return {"reason": str(e), "rule": "offline"}
     except KernbinError as e:
         return {"verdict": "driver", "reason": str(e), "rule": getattr(e, "code_name", None) or "driver"}
-    return {"ok": True, "verdict": "native", "kernels": kernels}
+    return {"ok": True, "verdict": "native", "kernels": kernels, "driver_jit": module.driver_jit}
 
 
 _probes: dict[str, dict] = {}
@@ -346,6 +354,8 @@ def load_gated(device, gated: BundleChoice):
     if gated.fit.member is not None:
         module.member = gated.fit.member
     module.bundle_choice = gated.choice
+    if gated.fit.rule or module.driver_jit is not None:
+        _jit.report_driver_jit(module, gated.fit)
     return module
 
 
@@ -441,6 +451,8 @@ def load_many(bundle, names=None, target="opencl:cpu", *, fallback: bool = True,
             else:
                 if fit.member is not None:
                     module.member = fit.member
+                if fit.rule or module.driver_jit is not None:
+                    _jit.report_driver_jit(module, fit)
                 module.bundle_choice = {"entry": entry.target, "index": entry.index, "source": "native",
                                         "reasons": reasons if reasons is not None else
                                         [f"{entry.target}: fits" + (f" ({fit.member})" if fit.member else "")]}

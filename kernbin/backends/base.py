@@ -99,6 +99,8 @@ class Device(ABC):
     backend: Backend
     target: Target
     id: DeviceId
+    #: load_native reads the driver's build log and sets ``module.driver_jit`` on a recompile
+    reports_recompile: ClassVar[bool] = False
 
     @property
     @abstractmethod
@@ -145,12 +147,14 @@ class Device(ABC):
 class Module(ABC):
     """A loaded program. ``source`` is ``"native"`` or ``"ir"`` (rebuilt by fallback).
     ``native`` is None only for modules from :meth:`Device.load_ir` / :meth:`Device.load_binary`;
-    ``member`` names the fat-binary member that was loaded, if any."""
+    ``member`` names the fat-binary member that was loaded, if any; ``driver_jit`` says why the
+    driver compiled IR instead of loading native code (None: it did not; see :mod:`kernbin._jit`)."""
 
     source = "native"                       # class defaults: a native load sets only what differs
     fallback_reason: str | None = None
     member: str | None = None
     bundle_choice: dict | None = None
+    driver_jit: str | None = None
 
     def __init__(self, device: Device, native: NativeBinary | None):
         self.device = device

@@ -8,6 +8,12 @@ driver instance, so the :class:`~kernbin.device.DeviceId` carries the driver ver
 UUID, and kernbin rebuilds from the IR when they change (or when the driver answers
 ``ZE_RESULT_ERROR_INVALID_NATIVE_BINARY`` or ``ZE_RESULT_ERROR_MODULE_BUILD_FAILURE``).
 
+Native means native: Intel's driver recompiles a native binary from the IR inside it when its
+own checks fail, and says so only in the build log (``-Wrecompiled-from-ir``). Every native load
+reads that log (``module.build_log``); a recompile sets ``module.driver_jit`` (what
+:mod:`kernbin._jit` then does: a warning, or an error in strict mode), and the flag that would
+hide the warning (``-Wno-recompiled-from-ir``) is never passed on a native load.
+
 Safety: after a failed ``zeInit`` nothing else is called (the Debian loader with the
 Intel GPU driver and no GPU crashes in ``zeDriverGet``), and on Linux the loader is not
 even opened when there is no GPU device node and ``ZE_ENABLE_ALT_DRIVERS`` is unset.
@@ -175,6 +181,8 @@ def _release(lib, calls):
 
 
 class LevelZeroDevice(Device):
+    reports_recompile = True            # load_native reads the build log (-Wrecompiled-from-ir)
+
     def __init__(self, backend: LevelZeroBackend, target: Target, lib, driver, device):
         self.backend, self.target, self.lib, self.driver, self.device = backend, target, lib, driver, device
         self._decoder: tuple[str | None] | None = None
@@ -208,6 +216,11 @@ class LevelZeroDevice(Device):
 
     # -- modules -------------------------------------------------------------------
     def _create_module(self, fmt: int, data: bytes, options: str, call: str) -> int:
+        """zeModuleCreate; the build log is kept on ``self._last_log``."""
+        return self._create_module_logged(fmt, data, options, call)[0]
+
+    def _create_module_logged(self, fmt: int, data: bytes, options: str, call: str) -> tuple[int, str]:
+        """zeModuleCreate and its build log (read and released here)."""
         buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
         desc = ze.ze_module_desc_t(stype=ze.ZE_STRUCTURE_TYPE_MODULE_DESC, format=fmt, inputSize=len(data),
                                    pInputModule=buf, pBuildFlags=options.encode())
@@ -220,7 +233,7 @@ class LevelZeroDevice(Device):
             kw = {"options": options} if cls is BuildError else {}
             raise cls(BACKEND, call, rc, ze.result_name(rc), "", log=text, **kw)
         self._last_log = text
-        return module.value
+        return module.value, text
 
     def _log(self, handle) -> str:
         if not handle:
@@ -307,13 +320,15 @@ class LevelZeroDevice(Device):
                 k.close()
         finally:
             self.lib.zeModuleDestroy(module)
+        extra = {"device_uuid": self.props["device_uuid"], "driver_uuid": self.props["driver_uuid"]}
+        if zefmt.is_zebin(binary):
+            extra["ir_embedded_in_binary"] = zefmt.parse_zebin(binary).has_ir
         info = BuildInfo(target=str(self.target), toolchain=self.toolchain,
                          requires=self.requirements_for_own_binaries(binary), ir_kind=ir.kind,
                          ir_sha256=ir.sha256, options=BuildOptions(tuple(flags)), flags=tuple(flags),
                          binary_format="zebin" if zefmt.is_zebin(binary) else "ze-native",
                          kernels=tuple(kernels), built_on=self.id.describe(), build_log=self._last_log,
-                         build_seconds=round(seconds, 6),
-                         extra={"device_uuid": self.props["device_uuid"], "driver_uuid": self.props["driver_uuid"]})
+                         build_seconds=round(seconds, 6), extra=extra)
         return NativeBinary(binary=binary, info=info, ir=ir)
 
     def payload(self, native: NativeBinary, fit: Fit) -> bytes:
@@ -322,10 +337,18 @@ class LevelZeroDevice(Device):
         return super().payload(native, fit)
 
     def load_native(self, native: NativeBinary, payload: bytes | None = None) -> "LevelZeroModule":
+        """zeModuleCreate(NATIVE) of verified bytes; the build log says whether the driver loaded
+        them or recompiled them from IR (then ``module.driver_jit`` says so)."""
         data = native.binary if payload is None else payload
-        module = self._create_module(ze.ZE_MODULE_FORMAT_NATIVE, data, native.info.flags_text,
-                                     "zeModuleCreate(native)")
-        return LevelZeroModule(self, native, module)
+        handle, log = self._create_module_logged(ze.ZE_MODULE_FORMAT_NATIVE, data,
+                                                 _intel.native_load_flags(native.info.flags),
+                                                 "zeModuleCreate(native)")
+        module = LevelZeroModule(self, native, handle)
+        module.build_log = log
+        said = _intel.recompiled_from_ir(log)
+        if said:
+            module.driver_jit = f"the driver recompiled the native binary from IR (build log: {said})"
+        return module
 
     def load_ir(self, ir: IR, flags: tuple[str, ...] = ()) -> "LevelZeroModule":
         return LevelZeroModule(self, None, self._create_module(ze.ZE_MODULE_FORMAT_IL_SPIRV, ir.data,
@@ -340,6 +363,7 @@ class LevelZeroModule(Module):
     def __init__(self, device: LevelZeroDevice, native: NativeBinary | None, handle):
         super().__init__(device, native)
         self.handle = handle
+        self.build_log = ""                 # the driver's build log of a native load
         self._names = device._kernel_names(handle)
         self._finalizer = weakref.finalize(self, _release, device.lib, [("zeModuleDestroy", handle)])
 

@@ -6,8 +6,11 @@ Targets: ``ocloc:<device>`` with any device this ocloc accepts (``pvc``, ``acm-g
 The compiler runs in-process through ``libocloc.so`` (``oclocInvoke``, via ctypes)
 when it loads, else as the ``ocloc`` command. ``KERNBIN_OCLOC=inprocess|subprocess``
 forces one; ``KERNBIN_OCLOC_LIB`` names the library. Output is always zebin
-(``--format zebin``); the build log is kept; ocloc's driver version and IGC's version
-go into the :class:`~kernbin.device.DeviceId`.
+(``--format zebin``) and carries no IR (``-exclude_ir``: no ``.spv`` section in a zebin, no
+``generic_ir`` member in a fat archive), so a runtime that rejects the native code cannot quietly
+recompile it from IR; the IR stays in kernbin's own ``.knb`` for kernbin's explicit fallback. The
+build log is kept; ocloc's driver version and IGC's version go into the
+:class:`~kernbin.device.DeviceId`.
 
 An ``ocloc`` target builds only: its binaries load on a Level Zero or OpenCL device of
 that kind, not on the offline compiler itself.
@@ -294,7 +297,7 @@ class OclocDevice(Device):
             raise BuildError(BACKEND, "ocloc compile", None, None, f"ocloc builds SPIR-V, not {ir.kind}",
                              options=options)
         args = ["compile", "-file", "kernel.spv", "-spirv_input", "-device", self.name, "--format", "zebin",
-                "-output", "kernel", "-output_no_suffix"]
+                "-exclude_ir", "-output", "kernel", "-output_no_suffix"]
         if options:
             args += ["-options", options]
         call = "oclocInvoke(compile)" if self.ocloc.mode == "inprocess" else "ocloc compile"
@@ -306,13 +309,19 @@ class OclocDevice(Device):
             raise BuildError(BACKEND, call, rc, _CL_CODES.get(rc), f"build for {self.name} failed", log=log,
                              options=options)
         fat = len(self.names) > 1
+        extra = {}
         if fat:
-            members = {n: b for n, b in zefmt.read_ar(binary).items() if zefmt.is_zebin(b)}
-            z = zefmt.parse_zebin(next(iter(members.values())))
+            archive = zefmt.read_ar(binary)
+            members = {n: b for n, b in archive.items() if zefmt.is_zebin(b)}
+            parsed = [zefmt.parse_zebin(b) for b in members.values()]
+            z = parsed[0]
             requires = zefmt.requirements(binary)
+            extra["generic_ir_member"] = zefmt.GENERIC_IR in archive
+            has_ir = any(p.has_ir for p in parsed)
         else:
             z = zefmt.parse_zebin(binary)
             requires = zefmt.requirements(binary, self.name, self.ips[0])
+            has_ir = z.has_ir
         spills = parse_spills(log)
         kernels = []
         for k in z.kernels:
@@ -324,7 +333,7 @@ class OclocDevice(Device):
             ir_sha256=ir.sha256, options=BuildOptions(tuple(flags)), flags=tuple(flags),
             binary_format="zebin-fat" if fat else "zebin", kernels=tuple(kernels), built_on=self.id.describe(),
             build_log=log, build_seconds=round(seconds, 6),
-            extra={"ir_embedded_in_binary": z.has_ir, **{f"note_{k}": v for k, v in z.notes.items()}})
+            extra={"ir_embedded_in_binary": has_ir, **extra, **{f"note_{k}": v for k, v in z.notes.items()}})
         return NativeBinary(binary=binary, info=info, ir=ir)
 
     def load_native(self, native: NativeBinary, payload: bytes | None = None):

@@ -186,7 +186,8 @@ def _one(m: dict, sm: int, ptx_isa: tuple[int, int]) -> tuple[bool, str, str]:
 def cuda_can_run(req: Requirements, sm: int, ptx_isa: tuple[int, int]) -> tuple[bool, str, str, str | None]:
     """NVIDIA's rule against a device of compute capability ``sm`` (e.g. 90) whose driver compiles
     PTX up to ``ptx_isa``. Returns ``(ok, rule, reason, member)``; for a fatbin ``member`` says which
-    member the driver will use (a cubin when one fits: no JIT; else the PTX)."""
+    member the driver will use (a cubin when one fits: no JIT; else the PTX, and then the verdict
+    is ok with ``rule="driver-jit"`` and the reason: the driver JIT-compiles it at load)."""
     if req.kind == "cuda":
         ok, rule, reason = _one(dict(req.values), sm, ptx_isa)
         return ok, rule, reason, None
@@ -199,7 +200,9 @@ def cuda_can_run(req: Requirements, sm: int, ptx_isa: tuple[int, int]) -> tuple[
             best = max(cubins, key=lambda m: m["sm"])        # _one checked that "sm" is an int
             return True, "", "", f"cubin sm_{best['sm']}{best.get('variant', '')}"
         if fits:
-            return True, "", "", f"ptx sm_{fits[0]['sm']}{fits[0].get('variant', '')} (JIT)"
+            name = f"sm_{fits[0]['sm']}{fits[0].get('variant', '')}"
+            return True, "driver-jit", (f"no cubin in the fatbin runs on sm_{sm}: the driver JIT-compiles its PTX "
+                                        f"for {name}"), f"ptx {name} (JIT)"
         have = ", ".join(f"{m.get('code')} sm_{m.get('sm')}{m.get('variant', '')}" for m in members) or "none"
         return False, "sm", f"no fatbin member runs on sm_{sm} (has: {have})", None
     return False, "kind", f"not an NVIDIA binary ({req.kind})", None

@@ -8,7 +8,8 @@ optional ``.spv`` (the IR, dropped by ``-exclude_ir``) and ``.note.intelgt.compa
 
 A fat binary from ``ocloc -device a,b,c`` is a Unix ``ar`` archive: one member per
 device named ``<pointer bits>.<ip version>`` (e.g. ``64.12.60.7``), ``pad_N``
-alignment members, and ``generic_ir`` (the SPIR-V).
+alignment members, and ``generic_ir`` (the SPIR-V, which Intel's runtime compiles for a device
+that has no member: ``-exclude_ir`` leaves it out, as kernbin's builds do).
 
 Malformed input raises :class:`~kernbin.errors.InvalidBinary` with the reason and a
 stable ``rule`` id:
@@ -42,7 +43,7 @@ from ..errors import InvalidBinary
 
 __all__ = ["EM_INTELGT", "ZebinKernel", "Zebin", "parse_zebin", "is_zebin", "AR_MAGIC", "read_ar",
            "is_fat", "select_from_fat", "requirements", "intel_gpu_can_run", "check_elf_tables",
-           "MAX_SECTIONS", "MAX_SYMBOLS"]
+           "MAX_SECTIONS", "MAX_SYMBOLS", "GENERIC_IR"]
 
 EM_INTELGT = 205
 _ET_OK = (1, 2, 3, 0xFF11, 0xFF12, 0xFF13)      # REL/EXEC/DYN and the ZEBIN_* variants
@@ -50,6 +51,7 @@ _NOTE_NAMES = {1: "product_family", 2: "gfx_core_family", 3: "target_metadata", 
 MAX_ZE_INFO = 16 << 20
 MAX_SECTIONS = 1 << 14          # sections of one ELF (a zebin has about one per kernel, plus ~10)
 MAX_SYMBOLS = 1 << 15           # symbols of one symbol table
+GENERIC_IR = "generic_ir"       # the fat-archive member holding the IR
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,7 @@ class Zebin:
 
     @property
     def has_ir(self) -> bool:
+        """Whether the zebin carries its IR (a ``.spv`` section), which a runtime recompiles from."""
         return ".spv" in self.sections
 
     def kernel(self, name: str) -> ZebinKernel | None:
@@ -344,7 +347,7 @@ def select_from_fat(data: bytes, ip_version: str, names: tuple[str, ...] = ()) -
     for candidate in (f"64.{ip_version}", ip_version, *names):
         if candidate in members:
             return candidate, members[candidate]
-    devices = [m for m in members if not m.startswith("pad_") and m != "generic_ir"]
+    devices = [m for m in members if not m.startswith("pad_") and m != GENERIC_IR]
     raise InvalidBinary(f"fat binary has no entry for {ip_version} (has: {', '.join(devices) or 'none'})",
                         rule="fat-no-member")
 

@@ -44,7 +44,12 @@
  *                        out (zeModuleGetNativeBinary), to play a driver that crashes on foreign
  *                        bytes (as an older runtime did on a newer zebin) but runs its own: kernbin's
  *                        isolated check must report it, and a rebuild from the IR must then work
- * All knobs but KBZE_SPILL_BYTES and KBZE_CRASH_ON_NATIVE are read once, at zeInit.
+ *   KBZE_RECOMPILE_FROM_IR when set (non-empty), a native load that passes every check plays Intel's
+ *                        driver rejecting the native code and recompiling from the IR inside it: the
+ *                        module loads and its build log starts with NEO's warning ("... [-Wrecompiled-
+ *                        from-ir]"), left out, as NEO does, when the build flags hold
+ *                        -Wno-recompiled-from-ir (a flag this driver never hands to OpenCL)
+ * All knobs but KBZE_SPILL_BYTES, KBZE_CRASH_ON_NATIVE and KBZE_RECOMPILE_FROM_IR are read once, at zeInit.
  */
 #define _GNU_SOURCE
 #define CL_TARGET_OPENCL_VERSION 300
@@ -86,6 +91,10 @@ static pthread_mutex_t g_handed_lock = PTHREAD_MUTEX_INITIALIZER;
 #define NATIVE_HEADER 48                    /* magic 8, format 4, driver 4, uuid 16, size 8, fnv1a64 8 */
 #define NATIVE_CHECKSUM_SEED 0xcbf29ce484222325ull
 #define LARGE_GRF_FLAG "-ze-opt-large-register-file"
+#define NO_RECOMPILE_WARNING_FLAG "-Wno-recompiled-from-ir"
+/* NEO's text (shared/source/compiler_interface/compiler_warnings/compiler_warnings.h) */
+#define RECOMPILED_FROM_IR_WARNING "warning: module got recompiled from IR because provided native binary is " \
+    "incompatible with underlying device and/or driver [-Wrecompiled-from-ir]"
 
 /* ---- OpenCL entry points, resolved from the ICD loader at zeInit --------------------- */
 static struct {
@@ -511,13 +520,15 @@ static void set_log(ze_module_build_log_handle_t *ph, char *text) {
 }
 
 /* Level Zero build flags -> OpenCL build options: -ze-* flags are the driver's to honour. */
-static char *translate_flags(const char *flags, int *large_grf) {
+static char *translate_flags(const char *flags, int *large_grf, int *quiet_recompile) {
     size_t n = flags ? strlen(flags) : 0;
     char *out = calloc(n + 32, 1), *copy = strdup(flags ? flags : "");
     if (!out || !copy) { free(out); free(copy); return NULL; }
     *large_grf = 0;
+    *quiet_recompile = 0;
     for (char *save = NULL, *tok = strtok_r(copy, " \t", &save); tok; tok = strtok_r(NULL, " \t", &save)) {
         if (!strcmp(tok, LARGE_GRF_FLAG)) { *large_grf = 1; continue; }
+        if (!strcmp(tok, NO_RECOMPILE_WARNING_FLAG)) { *quiet_recompile = 1; continue; }
         if (!strcmp(tok, "-ze-opt-disable")) { strcat(out, " -cl-opt-disable"); continue; }
         if (!strncmp(tok, "-ze-", 4)) continue;     /* other -ze- flags tune a GPU back end */
         strcat(out, " ");
@@ -527,14 +538,26 @@ static char *translate_flags(const char *flags, int *large_grf) {
     return out;
 }
 
-static ze_result_t finish_module(struct kb_context *c, cl_program prog, const char *flags,
+/* "warning\n" + log, or log alone when there is no warning (or no memory for both). */
+static char *prefix_log(const char *warning, char *log) {
+    if (!warning) return log;
+    size_t n = strlen(warning) + 2 + (log ? strlen(log) : 0);
+    char *out = malloc(n);
+    if (!out) return log;
+    snprintf(out, n, "%s\n%s", warning, log ? log : "");
+    free(log);
+    return out;
+}
+
+/* recompiled: a native load that plays NEO's recompile from IR (KBZE_RECOMPILE_FROM_IR) */
+static ze_result_t finish_module(struct kb_context *c, cl_program prog, const char *flags, int recompiled,
                                  ze_module_handle_t *ph, ze_module_build_log_handle_t *plog) {
-    int large = 0;
-    char *opts = translate_flags(flags, &large);
+    int large = 0, quiet = 0;
+    char *opts = translate_flags(flags, &large, &quiet);
     if (!opts) { cl.ReleaseProgram(prog); return ZE_RESULT_ERROR_OUT_OF_HOST_MEMORY; }
     cl_int err = cl.BuildProgram(prog, 1, &g_device.device, opts, NULL, NULL);
     free(opts);
-    set_log(plog, program_log(prog));
+    set_log(plog, prefix_log(recompiled && !quiet ? RECOMPILED_FROM_IR_WARNING : NULL, program_log(prog)));
     if (err != CL_SUCCESS) {
         cl.ReleaseProgram(prog);
         return err == CL_INVALID_BINARY ? ZE_RESULT_ERROR_INVALID_NATIVE_BINARY : ZE_RESULT_ERROR_MODULE_BUILD_FAILURE;
@@ -627,7 +650,9 @@ static ze_result_t ZE_APICALL kb_zeModuleCreate(ze_context_handle_t hc, ze_devic
     } else {
         return ZE_RESULT_ERROR_INVALID_ENUMERATION;
     }
-    return finish_module(c, prog, desc->pBuildFlags, ph, plog);
+    const char *recompile = getenv("KBZE_RECOMPILE_FROM_IR");
+    return finish_module(c, prog, desc->pBuildFlags,
+                         desc->format == ZE_MODULE_FORMAT_NATIVE && recompile && *recompile, ph, plog);
 }
 
 static ze_result_t ZE_APICALL kb_zeModuleDestroy(ze_module_handle_t h) {
