@@ -133,12 +133,17 @@ def read_regular_file(path: str | os.PathLike, limit: int, *, what: str = "file"
     """The bytes of a regular file of at most ``limit`` bytes; :class:`FileRefused` otherwise.
     Opened non-blocking so that a FIFO cannot hang the open itself."""
     path = os.fspath(path)
-    fd = open_regular(path, what=what)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     try:
         st = os.fstat(fd)
-        if st.st_size > limit:
-            raise FileRefused(path, "too-large", f"{what} is {st.st_size} bytes, more than the {limit}-byte limit")
-        data = read_fd(fd, st.st_size + 1)       # one more byte tells a file that grew meanwhile
+        if not stat.S_ISREG(st.st_mode):
+            raise FileRefused(path, "not-regular", f"{what} is {_kind(st.st_mode)}, not a regular file")
+        size = st.st_size
+        if size > limit:
+            raise FileRefused(path, "too-large", f"{what} is {size} bytes, more than the {limit}-byte limit")
+        data = os.read(fd, size + 1)             # one more byte tells a file that grew meanwhile
+        if len(data) > size:                     # it did: read on, to the limit
+            data += read_fd(fd, limit + 1 - len(data))
         if len(data) > limit:
             raise FileRefused(path, "too-large", f"{what} grew past the {limit}-byte limit while being read")
         return data

@@ -149,16 +149,32 @@ def get_or_build(ir, target="opencl:cpu", options: "BuildOptions | str | None" =
 def create_bundle(out, inputs, targets, options: "BuildOptions | str | None" = None, *, grf: str | None = None,
                   spill_threshold: int | None = None, keep_ir: bool = True, names=None, jobs: int | None = None,
                   use_cache: bool = True, sign_key=None, add_to: str | None = None, progress=None,
-                  executor=None) -> dict:
+                  executor=None, trusted_keys=None, trust_existing: bool = False) -> dict:
     """Build every input (IR file or object) for every target (through the cache, all of them in
     parallel) and write one bundle at ``out``; with ``add_to`` the kernels and targets are added to
     that bundle's (same kernel name: same IR required; same target: replaced). Returns
     ``{name: {target: cache_hit}}``. ``executor`` says where the builds run (``"process"``, the
     default; ``"ray"`` or ``"ray=ADDRESS"``: see :func:`build_many`). When a build fails, the others
-    still run to their end (and are cached), the first failure is raised and no bundle is written."""
+    still run to their end (and are cached), the first failure is raised and no bundle is written.
+
+    What ``add_to`` holds is digest-checked, and when the result will be trusted (``sign_key``, or keys
+    in force: ``trusted_keys`` / ``KERNBIN_TRUSTED_KEYS``) it must also be signed by a trusted key or
+    by ``sign_key``'s own (:class:`~kernbin.signing.SignatureError` otherwise): signing never launders
+    unsigned or foreign bytes. ``trust_existing=True`` says the caller vouches for them."""
     from .bundle import read_all, write_bundle
     from .executors import BuildJob
-    kernels = read_all(add_to) if add_to else {}
+    from .trust import keys_in_force
+    if sign_key is not None and isinstance(sign_key, (str, os.PathLike)):
+        from . import signing
+        sign_key = signing.load_private_key(sign_key)
+    kernels = {}
+    if add_to:
+        keys = keys_in_force(trusted_keys)
+        if (sign_key is not None or keys is not None) and not trust_existing:
+            accepted = list(keys or []) + ([sign_key.public_key()] if sign_key is not None else [])
+            kernels = read_all(add_to, trusted_keys=accepted, require_signature=True)
+        else:
+            kernels = read_all(add_to, require_signature=False)
     targets = [str(parse_target(t)) for t in targets]
     opts = BuildOptions.of(options, grf=grf, spill_threshold=spill_threshold)
     given, seen = [], {}

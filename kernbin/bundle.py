@@ -280,7 +280,8 @@ class Bundle:
         try:
             return self._section(blob)
         except container.ContainerError as e:
-            raise BundleError(f"blob {blob!r} fails its digest (corrupted data)", rule="section-digest") from None
+            why = "fails its digest (corrupted data)" if e.rule == "section-digest" else e.reason
+            raise BundleError(f"blob {blob!r} {why}", rule=e.rule) from None
 
     def _section(self, blob: str) -> bytes:
         if blob not in self._c:

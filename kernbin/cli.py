@@ -363,7 +363,7 @@ def cmd_bundle_create(args, add_to=None) -> int:
     prog, progress = _bundle_progress(args, len(targets) * len(args.inputs))
     kw = dict(grf=args.grf, spill_threshold=args.spill_threshold, keep_ir=not args.no_ir, jobs=args.jobs,
               use_cache=not args.no_cache, sign_key=_private_key(args.sign), add_to=add_to, progress=progress,
-              executor=args.executor)
+              executor=args.executor, trust_existing=getattr(args, "trust_existing", False))
     if prog is not None:
         with prog:
             report = kernbin.create_bundle(args.output, args.inputs, targets, args.options, **kw)
@@ -662,6 +662,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("file", metavar="FILE.kbin")
     b.add_argument("inputs", nargs="+", metavar="INPUT")
     _build_args(b, "file")
+    b.add_argument("--trust-existing", action="store_true",
+                   help="with --sign (or KERNBIN_TRUSTED_KEYS): accept what FILE.kbin holds although it is not "
+                        "signed by a trusted key or by the --sign key (by default it must be: signing never "
+                        "vouches for bytes it did not check)")
     b.set_defaults(func=cmd_bundle_add)
     b = bsub.add_parser("inspect", help="kernels, targets, sizes, who signed")
     b.add_argument("file")

@@ -387,17 +387,39 @@ def _bundle_fallback(bundle, name: str, device, failed: Exception, cache):
         _warned.add(key)
         warnings.warn(f"kernbin: bundle kernel {name!r}: rebuilding from IR for {device.target}: {why}",
                       FallbackWarning, stacklevel=4)
-    from .builder import _build_on, get_or_build
-    from .options import BuildOptions
-    if getattr(bundle, "trusted_keys", None) is not None:
-        # under trust no cache entry reaches the driver: build here, from the bundle's signed IR
-        native = _build_on(device, ir, BuildOptions.of(options))
-    else:
-        native = get_or_build(ir, device, options, cache=cache)
-    module = _load_checked(device, native)
+    module = _rebuilt(device, ir, options, cache, trusted=getattr(bundle, "trusted_keys", None) is not None)
     module.source, module.fallback_reason = "ir", why
     module.bundle_choice = {"entry": None, "index": None, "source": "ir", "reasons": reasons}
     return module
+
+
+def _rebuilt(device, ir, options, cache, *, trusted: bool):
+    """A module rebuilt from ``ir`` with ``options``. Under trust (keys in force) nothing is read from
+    the cache: the binary is built here, from IR that is itself trusted, and only stored. Otherwise
+    through the cache; a cached entry the device refuses (intact but not loadable: resealed, or from
+    a toolchain that lies about itself) is evicted and counted, and the rebuild replaces it."""
+    from .builder import _build_on, default_cache
+    from .cache import cache_key
+    from .options import BuildOptions
+    opts = BuildOptions.of(options)
+    cache = cache or default_cache()
+    key = cache_key(ir.sha256, device.toolchain, device.id.fingerprint, opts)
+    if trusted:
+        native = _build_on(device, ir, opts)
+        try:
+            cache.put(key, native)
+        except (OSError, KernbinError):
+            pass                        # a cache we cannot write: the module is loaded all the same
+        return _load_checked(device, native)
+    native, hit = cache.get_or_build(key, lambda: _build_on(device, ir, opts))
+    try:
+        return _load_checked(device, replace(native, ir=ir))
+    except (InvalidBinary, IncompatibleBinary, RuntimeAPIError):
+        if not hit:
+            raise
+    cache.reject(key)
+    native, _ = cache.get_or_build(key, lambda: _build_on(device, ir, opts))
+    return _load_checked(device, replace(native, ir=ir))
 
 
 def load_many(bundle, names=None, target="opencl:cpu", *, fallback: bool = True, cache=None) -> dict:
@@ -408,7 +430,8 @@ def load_many(bundle, names=None, target="opencl:cpu", *, fallback: bool = True,
     before the first driver call, so the driver's calls are not interleaved with kernbin's checks;
     then the driver loads them one after the other. A kernel whose entry is damaged, refused or
     rejected by the runtime takes the path of :meth:`OpenBundle.load` (fallback to its IR, with the
-    reason); the others are not held up."""
+    reason); the others are not held up. With ``fallback=False`` a kernel with no fitting entry or a
+    damaged blob raises before the driver has loaded anything."""
     device = _device(target)
     names = bundle.names if names is None else tuple(names)
     if len(names) > 1:
@@ -438,6 +461,12 @@ def load_many(bundle, names=None, target="opencl:cpu", *, fallback: bool = True,
                 blobs[entry.blob] = blob(entry.blob)
             except InvalidBinary as e:
                 blobs[entry.blob] = e
+    if not fallback:                                    # nothing is loaded when anything is refused
+        for name, entry, _, reasons in chosen:
+            if entry is None:
+                raise _no_entry(bundle, name, device, "; ".join(_refusals(reasons)) or "no native entry")
+            if type(blobs[entry.blob]) is not bytes:
+                raise blobs[entry.blob]
     out = {}
     load_native, payload_of, of = device.load_native, device.payload, NativeBinary._of
     for name, entry, fit, reasons in chosen:

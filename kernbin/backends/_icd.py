@@ -37,7 +37,16 @@ _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 
 def _find_intel_cpu_runtime() -> str | None:
-    """Path of ``libintelocl.so`` from the ``intel-opencl-rt`` wheel, if installed."""
+    """Path of ``libintelocl.so`` from the ``intel-opencl-rt`` wheel, if installed. The wheel puts it
+    in ``<prefix>/lib`` (two levels above its ``site-packages``): looked up there first, next to the
+    wheel's metadata, before asking ``importlib.metadata`` (which costs ~20 ms of imports)."""
+    import sys
+    for entry in sys.path:
+        if entry.endswith("site-packages") and os.path.isdir(entry):
+            lib = os.path.join(os.path.dirname(os.path.dirname(entry)), "libintelocl.so")
+            if os.path.exists(lib) and any(n.startswith("intel_opencl_rt-") and n.endswith(".dist-info")
+                                           for n in os.listdir(entry)):
+                return os.path.realpath(lib)
     from importlib import metadata
     try:
         dist = metadata.distribution("intel-opencl-rt")

@@ -174,6 +174,11 @@ class Cache:
         if status == FAILED:
             self.local.record("remote_errors")
 
+    def reject(self, key: str) -> bool:
+        """A device refused the entry for ``key``: remove the local copy and count it (``corrupt``),
+        so that the next ``get_or_build`` rebuilds it. (A remote copy is overwritten by that rebuild.)"""
+        return self.local.reject(key)
+
     def put(self, key: str, native: NativeBinary) -> None:
         """Store locally and in every remote tier (signed); a remote failure only counts."""
         self.local.put(key, native)
