@@ -9,7 +9,8 @@ pyopencl on the same native binary, whole processes (interpreter start and impor
 ``kernbin``   ``import kernbin``; ``open_bundle(path).load(name, "opencl:cpu").kernel(name)`` (digests,
               the runs-on gate, the same runtime calls).
 Both processes point the ICD loader at Intel's CPU runtime the same way (``OCL_ICD_VENDORS``, set
-here as kernbin would). Medians of ``--repeat`` processes each, the two interleaved; also the
+here as kernbin would), and both import from cached bytecode (``PYTHONDONTWRITEBYTECODE`` is dropped
+for them; a warm-up run of each writes it). Medians of ``--repeat`` processes each, the two interleaved; also the
 ``python -X importtime`` total of kernbin's own modules on that path.
 """
 from __future__ import annotations
@@ -68,6 +69,7 @@ def main(argv=None) -> int:
         with open(raw, "wb") as f:
             f.write(binary)
         env = dict(os.environ)            # OCL_ICD_VENDORS as kernbin set it: the same runtime for both
+        env.pop("PYTHONDONTWRITEBYTECODE", None)   # bytecode cached as in any installed deployment
         times = {"pyopencl": [], "kernbin": []}
         _run(_PLAIN, [raw, args.kernel], env)
         _run(_KERNBIN, [path, args.kernel], env)               # warm the file cache, the ICD folder

@@ -42,8 +42,17 @@ import cuda_emu
 mode, layout, d = sys.argv[2], sys.argv[3], sys.argv[4]
 names = json.loads(sys.argv[5])
 warm = sys.argv[6]
-drv = cuda_emu.install(cost_us=float(sys.argv[7]), sm=90)
-cu = drv
+SM = int(sys.argv[8])
+if sys.argv[7] == "real":
+    from cuda.bindings import driver as cu
+    cu.cuInit(0)
+    _, _dev = cu.cuDeviceGet(0)
+    _, _ctx = cu.cuDevicePrimaryCtxRetain(_dev)
+    cu.cuCtxSetCurrent(_ctx)
+    drv = None
+else:
+    drv = cuda_emu.install(cost_us=float(sys.argv[7]), sm=SM)
+    cu = drv
 pc = time.perf_counter
 if mode == "kernbin":
     import kernbin
@@ -92,7 +101,6 @@ elif mode == "minimal":
         sections: list[Sec]
 
     knb_dec, bundle_dec = msgspec.json.Decoder(H), msgspec.json.Decoder(BH)
-    SM = 90
 
     def fits(r):
         return r.kind == "cuda" and r.sm // 10 == SM // 10 and r.sm <= SM and (r.variant != "a" or r.sm == SM)
@@ -108,10 +116,10 @@ elif mode == "minimal":
 
 def ready(name, image):
     err, mod = cu.cuModuleLoadData(image)
-    if err:
+    if int(err):
         raise SystemExit(f"cuModuleLoadData {err!r}")
     err, f = cu.cuModuleGetFunction(mod, name.encode())
-    if err:
+    if int(err):
         raise SystemExit(f"cuModuleGetFunction {err!r}")
     return mod, f
 
@@ -160,14 +168,14 @@ run([warm], f"{d}/bundle_warm.kbin")          # imports, decoders, first-call pa
 t0 = pc()
 keep = run(names, f"{d}/bundle_{len(names)}.kbin")
 took = pc() - t0
-assert drv.loads == len(names) + 1, drv.loads
+assert drv is None or drv.loads == len(names) + 1, drv.loads
 print(json.dumps(took))
 """
 
 MODES = ("raw", "minimal", "kernbin")
 
 
-def _make_kernels(tmp: str, count: int) -> list[str]:
+def _make_kernels(tmp: str, count: int, sm: int = 90) -> list[str]:
     """``count`` distinct kernels (.cubin, .knb, bundles) from one offline build of a sample's PTX."""
     from dataclasses import replace
 
@@ -175,7 +183,7 @@ def _make_kernels(tmp: str, count: int) -> list[str]:
     from kernbin.artifact import KernelInfo, NativeBinary
     from kernbin.bundle import write_bundle
     ptx = open(os.path.join(ROOT, "kernbin", "samples", "vadd.ptx"), "rb").read().replace(b"vadd", BASE_NAME.encode())
-    base = kernbin.build(kernbin.read_ir(ptx), "cuda:sm_90")
+    base = kernbin.build(kernbin.read_ir(ptx), f"cuda:sm_{sm}")
     attrs = dict(base.info.kernels[0].attributes)
     for sub in ("cubin", "knb"):
         os.makedirs(os.path.join(tmp, sub), exist_ok=True)
@@ -201,14 +209,20 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, default=7, help="processes per cell (medians)")
     ap.add_argument("--cost-us", type=float, default=40.0, help="emulated driver cost per module load")
     ap.add_argument("--layouts", default="knb,bundle")
+    ap.add_argument("--driver", choices=["emulated", "real"], default="emulated",
+                    help="the emulated driver (any machine) or the real one (cuda:0; --cost-us is ignored)")
     ap.add_argument("--json", help="write the records here")
     args = ap.parse_args(argv)
     counts = [int(x) for x in args.kernels.split(",")]
     layouts = args.layouts.split(",")
     from kernbin.bundle import write_bundle
     records = []
+    sm = 90
+    if args.driver == "real":
+        import kernbin
+        sm = kernbin.open_device("cuda:0").sm
     with tempfile.TemporaryDirectory(prefix="kernbin-load-path-") as tmp:
-        names, warm, natives = _make_kernels(tmp, max(counts))
+        names, warm, natives = _make_kernels(tmp, max(counts), sm)
         for n in counts:
             write_bundle(os.path.join(tmp, f"bundle_{n}.kbin"),
                          {k: {"ir": None, "natives": [natives[k]]} for k in names[:n]})
@@ -218,19 +232,20 @@ def main(argv=None) -> int:
         for _ in range(args.repeat):
             for layout, n, mode in cells:
                 p = subprocess.run([sys.executable, "-c", _WORKER, os.path.join(ROOT, "tools"), mode, layout, tmp,
-                                    json.dumps(names[:n]), warm, str(args.cost_us)],
+                                    json.dumps(names[:n]), warm, args.driver if args.driver == "real" else
+                                    str(args.cost_us), str(sm)],
                                    capture_output=True, text=True, env=env)
                 if p.returncode:
                     sys.stderr.write(p.stderr)
                     return 1
                 times[(layout, n, mode)].append(json.loads(p.stdout.strip().splitlines()[-1]) / n * 1e6)
-    print(f"emulated driver: {args.cost_us:g} us per module load; per-kernel medians of {args.repeat} "
-          f"fresh processes (us)")
+    print((f"emulated driver: {args.cost_us:g} us per module load" if args.driver == "emulated" else
+           f"real driver, sm_{sm}") + f"; per-kernel medians of {args.repeat} fresh processes (us)")
     print(f"{'layout':7} {'kernels':>7} {'raw':>8} {'minimal':>8} {'kernbin':>8} {'kb-min':>7} {'kb/raw':>7}")
     for layout in layouts:
         for n in counts:
             med = {m: statistics.median(times[(layout, n, m)]) for m in MODES}
-            rec = {"layout": layout, "kernels": n, "raw_us": round(med["raw"], 2),
+            rec = {"driver": args.driver, "layout": layout, "kernels": n, "raw_us": round(med["raw"], 2),
                    "minimal_us": round(med["minimal"], 2), "kernbin_us": round(med["kernbin"], 2),
                    "samples_us": {m: [round(t, 2) for t in times[(layout, n, m)]] for m in MODES}}
             records.append(rec)

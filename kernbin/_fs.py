@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import stat
-import tempfile
 
 from .errors import KernbinError
 
@@ -68,6 +67,7 @@ def atomic_write(path: str | os.PathLike, data: bytes, *, mode: int | None = Non
     directory = os.path.dirname(os.path.abspath(path))
     check_output(path)
     try:
+        import tempfile                  # (writers only: the load path imports none of it)
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=TMP_PREFIX)
     except OSError as e:              # name the file the caller asked for, not a temp name
         raise type(e)(e.errno, e.strerror, path) from None

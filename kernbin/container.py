@@ -20,7 +20,6 @@ The digest is BLAKE3-256 (chosen by measurement, see ``benchmarks/digest.py``).
 
 from __future__ import annotations
 
-import json
 import mmap
 import os
 import re
@@ -90,6 +89,7 @@ def pack(magic: bytes, version: int, header: dict, sections: list[tuple[str, byt
     entries, blobs = layout_sections(sections, align)
     doc = {"align": align, "digest": DIGEST, "meta": header, "sections": entries}
     try:
+        import json                      # (writers only)
         hbytes = json.dumps(doc, separators=(",", ":"), sort_keys=True, ensure_ascii=False,
                             allow_nan=False).encode("utf-8")
     except (TypeError, ValueError, RecursionError) as e:   # not JSON-able, NaN, lone surrogate

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 import kernbin
-from kernbin import signing
 from kernbin.artifact import KernelInfo, NativeBinary
 from kernbin.bundle import write_bundle
 from kernbin.samples import SAMPLES
@@ -110,6 +109,7 @@ def cpu_bundle(tmp_path_factory):
         kernbin.open_device("opencl:cpu")
     except kernbin.KernbinError as e:
         pytest.skip(f"no OpenCL CPU device: {e}")
+    from kernbin import signing
     d = tmp_path_factory.mktemp("many")
     priv, pub = signing.generate_key(str(d / "key"))
     path = str(d / "s.kbin")
@@ -178,6 +178,7 @@ def test_an_open_bundle_survives_its_file_being_truncated(cpu_bundle, tmp_path, 
 # -- #20 item 1: bundle add --sign checks what it extends --------------------------------------------
 
 def test_bundle_add_with_sign_refuses_unsigned_content(cpu_bundle, tmp_path):
+    from kernbin import signing
     path = str(tmp_path / "u.kbin")
     kernbin.create_bundle(path, [SAMPLES["vadd"].spv], ["opencl:cpu"])          # unsigned
     with pytest.raises(kernbin.signing.SignatureError) as e:
@@ -193,6 +194,7 @@ def test_bundle_add_with_sign_refuses_unsigned_content(cpu_bundle, tmp_path):
 
 
 def test_bundle_add_with_sign_refuses_a_foreign_signature_but_extends_its_own(cpu_bundle, tmp_path):
+    from kernbin import signing
     other_priv, _ = signing.generate_key(str(tmp_path / "other"))
     path = str(tmp_path / "f.kbin")
     kernbin.create_bundle(path, [SAMPLES["vadd"].spv], ["opencl:cpu"], sign_key=other_priv)
@@ -232,6 +234,7 @@ def _ocloc_only_bundle(cpu_bundle, tmp_path, sign):
 
 
 def test_under_trust_the_fallback_reads_no_cache_entry(cpu_bundle, tmp_path, monkeypatch, rng):
+    from kernbin import signing
     monkeypatch.setenv("KERNBIN_CACHE_DIR", str(tmp_path / "cache"))
     path = _ocloc_only_bundle(cpu_bundle, tmp_path, sign=True)
     cache = kernbin.default_cache()

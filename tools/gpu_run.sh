@@ -3,7 +3,9 @@
 # installs the carried wheels (.devwheels/: blake3, platformdirs, pyelftools, nvidia-nvfatbin, made by
 # `pip download` on a connected machine), runs the CUDA tests, then (with "bench") `kernbin bench
 # --target cuda:0`, benchmarks/cuda_triton.py and benchmarks/cuda_load_floor.py. "triton" runs the Triton tests (tests/test_triton.py,
-# tests/test_triton_gpu.py) and benchmarks/triton_start.py (N: its --n, default 256,1024).
+# tests/test_triton_gpu.py) and benchmarks/triton_start.py (N: its --n, default 256,1024). "load" runs the
+# CUDA tests with tests/test_load_path.py, then benchmarks/load_path.py on the real driver and
+# benchmarks/cuda_load_floor.py (the load path's figures).
 # Results go to OUT (default benchmarks/results).
 #   tools/gpu_run.sh tests|bench|all [OUT] [REPEAT]
 #   tools/gpu_run.sh triton [OUT] [REPEAT] [N]
@@ -11,9 +13,15 @@ set -uo pipefail
 what=${1:-all}; out=${2:-benchmarks/results}; repeat=${3:-7}
 mkdir -p "$out"
 py=python3
-$py -m pip install -q --no-index --find-links .devwheels blake3 msgspec platformdirs pyelftools nvidia-nvfatbin 2>&1 | tail -2
+$py -m pip install -q --no-index --find-links .devwheels blake3 msgspec platformdirs pyelftools nvidia-nvfatbin filelock rich 2>&1 | tail -2
 export PYTHONPATH=$PWD
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/cuda_gpu.txt"
+if [ "$what" = load ]; then
+    timeout 200 $py -m pytest -q -p no:cacheprovider -rs tests/test_cuda.py tests/test_samples_cuda.py tests/test_load_path.py 2>&1 | tee "$out/cuda_tests.txt" | tail -25
+    timeout 240 $py benchmarks/load_path.py --driver real --repeat "$repeat" --json "$out/load_path_cuda.json" 2>&1 | tee "$out/load_path_cuda.txt" | tail -9
+    timeout 120 $py benchmarks/cuda_load_floor.py --repeat "$repeat" --json "$out/cuda_load_floor.json" 2>&1 | tee "$out/cuda_load_floor.txt" | tail -6
+    exit 0
+fi
 if [ "$what" = triton ]; then
     $py -m pytest -q -p no:cacheprovider -rs tests/test_triton.py tests/test_triton_gpu.py 2>&1 | tee "$out/triton_tests.txt" | tail -25
     $py benchmarks/triton_start.py --repeat "$repeat" --n "${4:-256,1024}" --json "$out/triton_start.json" 2>&1 | tee "$out/triton_start.txt" | tail -16
