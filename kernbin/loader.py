@@ -436,9 +436,13 @@ def load_many(bundle, names=None, target="opencl:cpu", *, fallback: bool = True,
     names = bundle.names if names is None else tuple(names)
     if len(names) > 1:
         bundle.read_all_entries()
-    can_run, verdicts, chosen = device.backend.can_run, {}, []
+    return _load_many(bundle, names, device, fallback, cache)
+
+
+def _load_many(bundle, names, device, fallback: bool, cache) -> dict:
+    can_run, verdicts, chosen, read = device.backend.can_run, {}, [], bundle._entries
     for name in names:
-        entries = bundle.entries(name)
+        entries = read.get(name) or bundle.entries(name)
         if len(entries) == 1:                         # the common case: one entry per target held
             e = entries[0]
             info = e._info
@@ -454,13 +458,16 @@ def load_many(bundle, names=None, target="opencl:cpu", *, fallback: bool = True,
                 continue
         chosen.append((name, *choose_entry(bundle, name, device)))
     blobs: dict = {}
-    blob = bundle.blob
+    section = bundle._c.section                         # (entries name only blobs the file holds)
     for _, entry, _, _ in chosen:                       # bulk digests, before any driver call
         if entry is not None and entry.blob not in blobs:
             try:
-                blobs[entry.blob] = blob(entry.blob)
-            except InvalidBinary as e:
-                blobs[entry.blob] = e
+                blobs[entry.blob] = section(entry.blob)
+            except InvalidBinary:
+                try:
+                    bundle.blob(entry.blob)             # the bundle's own error for it
+                except InvalidBinary as e:
+                    blobs[entry.blob] = e
     if not fallback:                                    # nothing is loaded when anything is refused
         for name, entry, _, reasons in chosen:
             if entry is None:
@@ -482,9 +489,7 @@ def load_many(bundle, names=None, target="opencl:cpu", *, fallback: bool = True,
                     module.member = fit.member
                 if fit.rule or module.driver_jit is not None:
                     _jit.report_driver_jit(module, fit)
-                module.bundle_choice = {"entry": entry.target, "index": entry.index, "source": "native",
-                                        "reasons": reasons if reasons is not None else
-                                        [f"{entry.target}: fits" + (f" ({fit.member})" if fit.member else "")]}
+                module._choice = (entry.target, entry.index, reasons, fit.member)
                 out[name] = module
                 continue
         else:

@@ -153,7 +153,24 @@ class Module(ABC):
     source = "native"                       # class defaults: a native load sets only what differs
     fallback_reason: str | None = None
     member: str | None = None
-    bundle_choice: dict | None = None
+    _choice = None                          # a bundle load's (entry target, index, reasons, member)
+
+    @property
+    def bundle_choice(self) -> dict | None:
+        """For a module loaded from a bundle: which entry (``entry``, ``index``), ``source``
+        (``"native"`` or ``"ir"``) and, for every entry, why it was or was not taken (``reasons``)."""
+        c = self._choice
+        if c is None or type(c) is dict:
+            return c
+        target, index, reasons, member = c
+        if reasons is None:                 # chosen in bulk: the one entry, and it fitted
+            reasons = [f"{target}: fits" + (f" ({member})" if member else "")]
+        self._choice = c = {"entry": target, "index": index, "source": "native", "reasons": reasons}
+        return c
+
+    @bundle_choice.setter
+    def bundle_choice(self, value) -> None:
+        self._choice = value
     driver_jit: str | None = None
 
     def __init__(self, device: Device, native: NativeBinary | None):
