@@ -158,7 +158,11 @@ def run(names, bundle_path):
             keep.append((m, m.kernel(n)))
     else:
         b = kernbin.open_bundle(bundle_path)
-        for n, m in b.load_many(names, device, fallback=False).items():
+        if hasattr(b, "load_many"):
+            got = b.load_many(names, device, fallback=False)
+        else:                                     # a kernbin from before load_many (baselines)
+            got = {n: b.load(n, device, fallback=False) for n in names}
+        for n, m in got.items():
             keep.append((m, m.kernel(n)))
         keep.append(b)
     return keep
