@@ -25,42 +25,17 @@ import sys
 import tempfile
 
 _WORKER = r"""
-import sys, time, json, struct
+import sys, time, json
+sys.path.insert(0, sys.argv[3])
 from cuda.bindings import driver as cu
-import blake3, msgspec
 import kernbin
+from _minimal import knb_native
 cu.cuInit(0)
 device = kernbin.open_device("cuda:0")
 mode = sys.argv[1]
 items = [(open(p, "rb").read(), n) for p, n in json.loads(sys.argv[2])]
 if mode == "raw":
     items = [(kernbin.read_native(d).binary, n) for d, n in items]
-
-class Sec(msgspec.Struct):
-    name: str
-    offset: int
-    size: int
-    digest: str
-
-class Req(msgspec.Struct):
-    kind: str
-    sm: int = 0
-    code: str = ""
-    variant: str = ""
-
-class B(msgspec.Struct):
-    requires: Req
-
-class M(msgspec.Struct):
-    build: B
-
-class H(msgspec.Struct):
-    align: int
-    digest: str
-    meta: M
-    sections: list[Sec]
-
-dec = msgspec.json.Decoder(H)
 sm = device.sm
 pc = time.perf_counter
 out, keep = [], []
@@ -71,21 +46,7 @@ for data, name in items:
         m.kernel(name)
         keep.append(m)
     else:
-        b = data
-        if mode == "minimal":
-            magic, ver, hlen, hd = struct.unpack_from("<8sII32s", data)
-            hb = data[48:48 + hlen]
-            if blake3.blake3(hb).digest() != hd:
-                raise SystemExit("header digest")
-            h = dec.decode(hb)
-            start = (48 + hlen + h.align - 1) // h.align * h.align
-            s = next(s for s in h.sections if s.name == "native")
-            b = data[start + s.offset:start + s.offset + s.size]
-            if blake3.blake3(b).hexdigest() != s.digest:
-                raise SystemExit("section digest")
-            r = h.meta.build.requires
-            if r.kind != "cuda" or r.sm // 10 != sm // 10 or r.sm > sm or (r.variant == "a" and r.sm != sm):
-                raise SystemExit("runs-on")
+        b = knb_native(data, sm) if mode == "minimal" else data
         err, mod = cu.cuModuleLoadData(b)
         if int(err):
             raise SystemExit(str(err))
@@ -123,8 +84,9 @@ def main(argv=None) -> int:
         for r in range(args.repeat):
             order = files[r % len(files):] + files[:r % len(files)]
             for m in MODES:
-                p = subprocess.run([sys.executable, "-c", _WORKER, m, json.dumps(order)], capture_output=True,
-                                   text=True, timeout=300)
+                p = subprocess.run([sys.executable, "-c", _WORKER, m, json.dumps(order),
+                                    os.path.dirname(os.path.abspath(__file__))], capture_output=True, text=True,
+                                   timeout=300)
                 if p.returncode:
                     raise SystemExit(f"worker {m} failed: {p.stderr[-2000:]}")
                 runs[m] += json.loads(p.stdout.strip().splitlines()[-1])[1:]

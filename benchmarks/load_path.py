@@ -9,9 +9,9 @@ Three loaders, each in its own fresh processes, time until every kernel is ready
 function handle taken):
 
 ``raw``      the loose-binary floor: read each ``.cubin`` file, ``cuModuleLoadData`` + ``cuModuleGetFunction``;
-``minimal``  the least a verifying loader can do, inline, no kernbin code (as ``cuda_load_floor.py``):
-             BLAKE3 the header, decode it typed (only the section table / manifest and the runs-on fields),
-             BLAKE3 each native blob, the SM rule, then the raw calls;
+``minimal``  the least a verifying loader can do, no kernbin code (``benchmarks/_minimal.py``, as in
+             ``cuda_load_floor.py``): BLAKE3 the header, decode it typed (only the section table / manifest
+             and the runs-on fields), BLAKE3 each native blob, the SM rule, then the raw calls;
 ``kernbin``  ``kernbin.load(path, device).kernel(name)`` per ``.knb``; for a bundle ``open_bundle(path)``, then
              ``load_many(names, device)`` and ``module.kernel(name)`` for every kernel.
 
@@ -58,60 +58,8 @@ if mode == "kernbin":
     import kernbin
     device = kernbin.open_device("cuda:0")
 elif mode == "minimal":
-    import blake3, msgspec
-
-    class Sec(msgspec.Struct):
-        name: str
-        offset: int
-        size: int
-        digest: str
-
-    class Req(msgspec.Struct):
-        kind: str
-        sm: int = 0
-        code: str = ""
-        variant: str = ""
-
-    class B(msgspec.Struct):
-        requires: Req
-
-    class M(msgspec.Struct):
-        build: B
-
-    class H(msgspec.Struct):
-        align: int
-        digest: str
-        meta: M
-        sections: list[Sec]
-
-    class E(msgspec.Struct):
-        blob: str
-        info: B
-
-    class K(msgspec.Struct):
-        entries: list[E]
-
-    class BM(msgspec.Struct):
-        kernels: dict[str, K]
-
-    class BH(msgspec.Struct):
-        align: int
-        digest: str
-        meta: BM
-        sections: list[Sec]
-
-    knb_dec, bundle_dec = msgspec.json.Decoder(H), msgspec.json.Decoder(BH)
-
-    def fits(r):
-        return r.kind == "cuda" and r.sm // 10 == SM // 10 and r.sm <= SM and (r.variant != "a" or r.sm == SM)
-
-    def header(data, dec):
-        magic, ver, hlen, hd = struct.unpack_from("<8sII32s", data)
-        hb = data[48:48 + hlen]
-        if blake3.blake3(hb).digest() != hd:
-            raise SystemExit("header digest")
-        h = dec.decode(hb)
-        return h, (48 + hlen + h.align - 1) // h.align * h.align
+    sys.path.insert(0, sys.argv[9])
+    from _minimal import bundle_natives, knb_native
 
 
 def ready(name, image):
@@ -133,25 +81,11 @@ def run(names, bundle_path):
     elif mode == "minimal" and layout == "knb":
         for n in names:
             with open(f"{d}/knb/{n}.knb", "rb") as fh:
-                data = fh.read()
-            h, start = header(data, knb_dec)
-            s = next(s for s in h.sections if s.name == "native")
-            b = data[start + s.offset:start + s.offset + s.size]
-            if blake3.blake3(b).hexdigest() != s.digest or not fits(h.meta.build.requires):
-                raise SystemExit("refused")
-            keep.append(ready(n, b))
+                keep.append(ready(n, knb_native(fh.read(), SM)))
     elif mode == "minimal":
         with open(bundle_path, "rb") as fh:
             data = fh.read()
-        h, start = header(data, bundle_dec)
-        secs = {s.name: s for s in h.sections}
-        for n in names:
-            e = next(e for e in h.meta.kernels[n].entries if fits(e.info.requires))
-            s = secs[e.blob]
-            b = data[start + s.offset:start + s.offset + s.size]
-            if blake3.blake3(b).hexdigest() != s.digest:
-                raise SystemExit("refused")
-            keep.append(ready(n, b))
+        keep.extend(ready(n, b) for n, b in bundle_natives(data, names, SM))
     elif layout == "knb":
         for n in names:
             m = kernbin.load(f"{d}/knb/{n}.knb", device, fallback=False)
@@ -237,7 +171,7 @@ def main(argv=None) -> int:
             for layout, n, mode in cells:
                 p = subprocess.run([sys.executable, "-c", _WORKER, os.path.join(ROOT, "tools"), mode, layout, tmp,
                                     json.dumps(names[:n]), warm, args.driver if args.driver == "real" else
-                                    str(args.cost_us), str(sm)],
+                                    str(args.cost_us), str(sm), HERE],
                                    capture_output=True, text=True, env=env)
                 if p.returncode:
                     sys.stderr.write(p.stderr)

@@ -117,7 +117,10 @@ def open_regular(path: str | os.PathLike, *, what: str = "file") -> int:
     """A file descriptor (read-only) of the regular file at ``path``; :class:`FileRefused` (rule
     ``"not-regular"``) for a directory, device, FIFO or socket. Opened non-blocking, so that a FIFO
     cannot hang the open itself; the caller closes it."""
-    path = os.fspath(path)
+    return _open_regular(os.fspath(path), what)[0]
+
+
+def _open_regular(path: str, what: str) -> tuple[int, os.stat_result]:
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     try:
         st = os.fstat(fd)
@@ -126,18 +129,15 @@ def open_regular(path: str | os.PathLike, *, what: str = "file") -> int:
     except BaseException:
         os.close(fd)
         raise
-    return fd
+    return fd, st
 
 
 def read_regular_file(path: str | os.PathLike, limit: int, *, what: str = "file") -> bytes:
     """The bytes of a regular file of at most ``limit`` bytes; :class:`FileRefused` otherwise.
     Opened non-blocking so that a FIFO cannot hang the open itself."""
     path = os.fspath(path)
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    fd, st = _open_regular(path, what)
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise FileRefused(path, "not-regular", f"{what} is {_kind(st.st_mode)}, not a regular file")
         size = st.st_size
         if size > limit:
             raise FileRefused(path, "too-large", f"{what} is {size} bytes, more than the {limit}-byte limit")

@@ -472,21 +472,10 @@ class LocalStore:
         """Remove the entry for ``key`` because a device refused what it holds (intact bytes the
         runtime would not load: resealed, or a stale toolchain); counted ``corrupt``. False when
         there was none."""
-        path = self.path(key)
-        try:
-            dfd = os.open(os.path.dirname(path), _DIR_PATH)
-        except OSError:
-            return False
-        try:
-            st = os.stat(key + ".knb", dir_fd=dfd, follow_symlinks=False)
-        except OSError:
-            os.close(dfd)
-            return False
-        try:
-            self._discard(dfd, key + ".knb", st)
-        finally:
-            os.close(dfd)
-        return True
+        removed = self.delete(key)
+        if removed:
+            self.record("corrupt")
+        return removed
 
     def _discard(self, dfd: int, name: str, st: os.stat_result) -> None:
         """Remove a bad entry (if it is still the file we looked at) and count it."""
