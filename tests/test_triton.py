@@ -486,10 +486,10 @@ def _ready(monkeypatch, meta, cu, binary=None):
     """TritonKernel.ready() on a fake device: the module 'loaded' holds ``binary`` (a cubin) if given."""
     import types
 
-    import kernbin.api
+    import kernbin.loader
     module = types.SimpleNamespace(kernel=lambda name: types.SimpleNamespace(handle="fn"), source="native",
                                    native=types.SimpleNamespace(binary=binary) if binary is not None else None)
-    monkeypatch.setattr(kernbin.api, "load_from_bundle", lambda *a, **kw: module)
+    monkeypatch.setattr(kernbin.loader, "load_from_bundle", lambda *a, **kw: module)
     k = _kernel(meta, target=_FakeDevice(cu))
     return k, k.ready
 

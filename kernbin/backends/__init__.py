@@ -13,6 +13,7 @@ import re
 from typing import NamedTuple
 
 from ..errors import TargetError
+from ..target import Target, parse_target
 
 __all__ = ["REGISTRY", "get_backend", "backend_names", "open_device", "list_devices"]
 
@@ -60,9 +61,8 @@ def check_selector(backend: str, selector: str, spec: str) -> None:
 def open_device(target):
     """A live device for ``target`` (a target string, a :class:`~kernbin.target.Target`, or a device
     already open, returned as is), shared within the process."""
-    if hasattr(target, "load_native"):             # a device already
+    if not isinstance(target, (str, Target)):      # a device already
         return target
-    from ..target import parse_target
     t = parse_target(target)
     return get_backend(t.backend).open(t)
 

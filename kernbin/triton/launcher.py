@@ -59,7 +59,7 @@ def load(bundle, target=None, *, trusted_keys=None, allocator=None, prepare: boo
     (:meth:`TritonKernels.prepare`: choose, verify, gate, read the launch metadata; no driver call),
     so each later first launch only hands verified bytes to the driver: one tight loop costs far
     less than the same steps interleaved with driver calls, which evict the CPU's caches."""
-    from ..api import open_bundle
+    from ..loader import open_bundle
     owned = not hasattr(bundle, "select")
     b = open_bundle(bundle, trusted_keys=trusted_keys) if owned else bundle
     return TritonKernels(b, target, allocator=allocator, owned=owned, prepare=prepare)
@@ -114,7 +114,7 @@ class TritonKernels(Mapping):
     def device(self):
         """The kernbin CUDA device the kernels launch on (opened on first use)."""
         if self._device is None:
-            from ..api import open_device
+            from ..backends import open_device
             target = self._target
             if target is None:
                 torch = sys.modules.get("torch")
@@ -130,7 +130,7 @@ class TritonKernels(Mapping):
         blob, bad metadata) takes the one-by-one path when readied, with its fallback and errors."""
         if self._prepared is not None:
             return self._prepared
-        from ..api import gate_from_bundle
+        from ..loader import gate_from_bundle
         dev = self.device()
         out = {}
         for name, variants in self._variants.items():
@@ -343,7 +343,7 @@ class TritonKernel:
         """Load the kernel onto the device now (else at the first launch)."""
         if self._function is not None:
             return self
-        from ..api import load_from_bundle, load_gated
+        from ..loader import load_from_bundle, load_gated
         kernels = self.kernels
         dev = kernels.device()
         bundle = kernels.bundle
