@@ -240,22 +240,6 @@ def _key_ids(keys) -> list:
     return [signing.key_id(k) for k in keys or []]
 
 
-class _BundleTrustChecked:
-    """While a bundle's entries are checked one by one: its signature was verified against the keys
-    in force, and that signature covers every entry; an entry alone carries none, so
-    ``KERNBIN_TRUSTED_KEYS`` must not make ``kernbin.check`` ask it for one (it is set aside, then
-    restored, as ``kernbin.check``'s child process does)."""
-
-    def __enter__(self):
-        self._saved = os.environ.pop("KERNBIN_TRUSTED_KEYS", None)
-        return self
-
-    def __exit__(self, *exc):
-        if self._saved is not None:
-            os.environ["KERNBIN_TRUSTED_KEYS"] = self._saved
-        return False
-
-
 def _is_bundle(path) -> bool:
     """Whether ``path`` starts like a bundle. Opened non-blocking, and only a regular file is read: a
     FIFO, device or directory is not a bundle (``kernbin.check`` then refuses it, rule ``"not-regular"``)."""
@@ -308,14 +292,15 @@ def _check_bundle(args) -> int:
         else:
             print(f"not loadable (kernbin refused it before the driver saw it): {e.reason}{checked}")
         return EXIT_NOT_LOADABLE
-    with b, _BundleTrustChecked():
+    from kernbin.loader import check_entry
+    with b:
         out["signed_by"] = b.signed_by
         for name in b.names:
             entry, reasons = b.select(name, device)
             if entry is None:
                 res = {"ok": False, "verdict": "gate", "entry": None, "reason": "; ".join(reasons)}
             else:
-                r = kernbin.check(b.native(entry, with_ir=False), device, isolate=not args.in_process)
+                r = check_entry(b, entry, device, isolate=not args.in_process)
                 res = {"ok": r["ok"], "verdict": r["verdict"], "entry": entry.target, "reason": r["reason"],
                        "kernels": r["kernels"]}
             res["candidates"] = reasons

@@ -33,7 +33,7 @@ from .errors import (FallbackWarning, IncompatibleBinary, InvalidBinary, Kernbin
 from .ir import IR, read_ir
 from .trust import keys_in_force, read_native
 
-__all__ = ["load", "check", "open_bundle", "OpenBundle", "choose_entry", "gate_from_bundle", "load_gated",
+__all__ = ["load", "check", "check_entry", "open_bundle", "OpenBundle", "choose_entry", "gate_from_bundle", "load_gated",
            "load_from_bundle", "load_many", "BundleChoice"]
 
 _device = open_device
@@ -164,16 +164,39 @@ def check(native, target="opencl:cpu", *, isolate: bool = False, trusted_keys=No
     """
     from ._fs import FileRefused
     device = _device(target)
-    result = {"target": str(device.target), "device": device.id.describe(), "ok": False, "verdict": "gate",
-              "reason": "", "rule": "", "member": None, "kernels": []}
     try:
-        native = read_native(native, keys_in_force(trusted_keys)).verify()   # the embedded IR too: a fallback needs it
+        native = read_native(native, keys_in_force(trusted_keys))
+    except (InvalidBinary, FileRefused) as e:
+        return {**_check_result(device), "reason": e.reason, "rule": e.rule}
+    return _check_verified(device, native, isolate, strict)
+
+
+def check_entry(bundle: Bundle, entry, target="opencl:cpu", *, isolate: bool = False,
+                strict: bool | None = None) -> dict:
+    """:func:`check` for one entry of an open bundle (``kernbin check BUNDLE``): its bytes are vouched
+    for by the bundle, whose signature was verified against the keys in force when it was opened
+    (an entry alone carries no signature of its own)."""
+    device = _device(target)
+    try:
+        native = bundle.native(entry, with_ir=False)
+    except InvalidBinary as e:
+        return {**_check_result(device), "reason": e.reason, "rule": e.rule}
+    return _check_verified(device, native, isolate, strict)
+
+
+def _check_result(device) -> dict:
+    return {"target": str(device.target), "device": device.id.describe(), "ok": False, "verdict": "gate",
+            "reason": "", "rule": "", "member": None, "kernels": []}
+
+
+def _check_verified(device, native: NativeBinary, isolate: bool, strict: bool | None) -> dict:
+    """The gate and the runtime's part of :func:`check`, for bytes whose trust is settled."""
+    result = _check_result(device)
+    try:
+        native.verify()                 # the build info and the embedded IR too: a fallback needs it
         payload, fit = _gate(device, native)
         result["member"] = fit.member
     except (InvalidBinary, IncompatibleBinary) as e:
-        result.update(reason=e.reason, rule=e.rule)
-        return result
-    except FileRefused as e:
         result.update(reason=e.reason, rule=e.rule)
         return result
     if isolate:
