@@ -9,7 +9,6 @@ before anything reaches a runtime.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
@@ -379,6 +378,7 @@ class NativeBinary:
 
     @property
     def sha256(self) -> str:
+        import hashlib
         return hashlib.sha256(self.binary).hexdigest()
 
     @property

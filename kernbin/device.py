@@ -18,7 +18,6 @@ e.g. ``ip_version``).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import Mapping
@@ -73,6 +72,7 @@ class DeviceId:
     @property
     def fingerprint(self) -> str:
         """Stable 16-hex-digit hash of everything that identifies this device."""
+        import hashlib                   # (not on the load path: OpenSSL's init costs milliseconds)
         return hashlib.sha256(_canon(self.to_json()).encode()).hexdigest()[:16]
 
     def describe(self) -> str:

@@ -20,7 +20,6 @@ the published copy lives in ``$TMPDIR/kernbin-icd-<uid>`` (0700) instead.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import stat
@@ -196,7 +195,8 @@ def _publish(parent: str, digest: str, icds: dict[str, bytes]) -> str:
 
 
 def _vendors_dir(icds: dict[str, bytes]) -> str:
-    digest = hashlib.sha256(repr(sorted(icds.items())).encode()).hexdigest()[:16]
+    from blake3 import blake3
+    digest = blake3(repr(sorted(icds.items())).encode()).hexdigest()[:16]
     from ..paths import cache_dir
     try:
         os.makedirs(cache_dir(), exist_ok=True)     # a first run: the cache directory may not exist yet

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 
 __all__ = ["IRModule"]
@@ -14,6 +13,7 @@ class IRModule:
     @property
     def sha256(self) -> str:
         """Stable content hash (hex SHA-256 of the module's bytes, exactly as given)."""
+        import hashlib
         return hashlib.sha256(self.data).hexdigest()
 
     @property
