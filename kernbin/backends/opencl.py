@@ -42,7 +42,8 @@ try:
     import pyopencl as cl
     from pyopencl import _cl
 except ImportError as e:  # pragma: no cover - depends on the environment
-    raise RuntimeNotFound(f"the OpenCL backend needs pyopencl and numpy ({e}): pip install pyopencl numpy") from e
+    raise RuntimeNotFound(f"OpenCL targets need pyopencl ({e}): pip install 'kernbin[opencl]' (or "
+                          f"'kernbin[cpu]' for Intel's CPU OpenCL runtime too)") from e
 
 _STATUS_NAMES = {v: f"CL_{k}" for k, v in vars(cl.status_code).items() if isinstance(v, int)}
 
