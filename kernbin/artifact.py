@@ -156,8 +156,9 @@ class _NameJSON(msgspec.Struct, gc=False):
 
 
 class _GateBuild(msgspec.Struct, gc=False):
-    """What the load gate reads of a build info (the decoder skips the rest)."""
-    requires: dict[str, Any]
+    """What the load gate reads of a build info (the decoder skips the rest); ``requires`` stays JSON
+    text: one :class:`Requirements` per distinct text is built per process (:func:`requirements_of`)."""
+    requires: msgspec.Raw
     toolchain: _ToolchainJSON
     target: str
     kernels: list[_NameJSON] = []
@@ -289,7 +290,7 @@ class _PendingInfo:
             except (msgspec.DecodeError, ValueError, TypeError, RecursionError, ArithmeticError) as e:
                 raise InvalidBinary(f"bad build info: {e}", rule="build-info") from None
         self.raw, self.digest, self.wrapped, self._j = raw, digest, wrapped, None
-        self.requires = requires if requires is not None else Requirements.from_decoded(gate.requires)
+        self.requires = requires if requires is not None else requirements_of(bytes(gate.requires))
         self.names, self.target, self._tc = gate.kernels, gate.target, gate.toolchain
 
     @property
@@ -528,6 +529,31 @@ def _frozen(info: BuildInfo) -> BuildInfo:
         kernels=tuple(KernelInfo(k.name, _freeze(dict(k.attributes))) for k in info.kernels),
         toolchain=replace(info.toolchain, versions=_freeze(dict(info.toolchain.versions))),
         requires=Requirements(info.requires.kind, _freeze(dict(info.requires.values))))
+
+
+_REQUIREMENTS: dict[bytes, Requirements] = {}
+_REQUIREMENTS_ENTRIES = 256
+
+
+def requirements_of(text: bytes) -> Requirements:
+    """The :class:`Requirements` of a build info's ``requires`` JSON text, one (frozen, shared) object
+    per distinct text in this process: many binaries for one device family read it once.
+    :class:`InvalidBinary` (rule ``build-info``) for text that is not a valid requirement."""
+    req = _REQUIREMENTS.get(text)
+    if req is None:
+        try:
+            obj = msgspec.json.decode(text)
+        except (msgspec.DecodeError, ValueError, RecursionError) as e:
+            raise InvalidBinary(f"bad build info: {e}", rule="build-info") from None
+        req = Requirements.from_decoded(obj)
+        try:
+            req = Requirements(req.kind, _freeze(dict(req.values)))
+        except RecursionError:
+            raise InvalidBinary("bad build info: requirements nested too deeply", rule="build-info") from None
+        if len(_REQUIREMENTS) >= _REQUIREMENTS_ENTRIES:
+            _REQUIREMENTS.clear()
+        _REQUIREMENTS[text] = req
+    return req
 
 
 def _pending_for(c) -> "_PendingInfo":

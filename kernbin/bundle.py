@@ -28,7 +28,7 @@ from typing import Any
 import msgspec
 
 from . import container
-from .artifact import BuildInfo, NativeBinary, _GateBuildRaw, _PendingInfo
+from .artifact import BuildInfo, NativeBinary, _GateBuildRaw, _PendingInfo, requirements_of
 from .errors import IncompatibleBinary, InvalidBinary, KernbinError
 from .ir import read_ir
 
@@ -211,7 +211,6 @@ class Bundle:
             for name in self.names:         # the precise error, kernel by kernel
                 self.entries(name)
             raise BundleError("bad manifest", rule="manifest") from None
-        reqs: dict = {}
         c, blob_ok, got = self._c, _BLOB.fullmatch, self._entries
         for name, k in m.kernels.items():
             if name in got:
@@ -222,10 +221,10 @@ class Bundle:
                     raise BundleError(f"kernel {name!r} names blob {e.blob!r}, which the file does not hold",
                                       rule="blob")
                 g = e.info
-                text = bytes(g.requires)
-                req = reqs.get(text)
-                if req is None:
-                    req = reqs[text] = _requirements(name, i, text)
+                try:
+                    req = requirements_of(bytes(g.requires))
+                except InvalidBinary as err:
+                    raise BundleError(f"kernel {name!r} entry {i}: {err.reason}", rule="build-info") from None
                 out.append(BundleEntry(name, i, e.blob, _PendingInfo(_RawInfo(self, name, i), None, False, g, req)))
             if k.ir is not None:
                 self._kernel(name)          # the IR reference's checks, as a lazy read does them
@@ -336,14 +335,6 @@ class _RawInfo:
 
     def __call__(self) -> bytes:
         return self.bundle._entry_raw(self.name, self.i)
-
-
-def _requirements(name: str, i: int, text: bytes):
-    from .device import Requirements
-    try:
-        return Requirements.from_decoded(msgspec.json.decode(text))
-    except (msgspec.DecodeError, RecursionError, ValueError, InvalidBinary) as err:
-        raise BundleError(f"kernel {name!r} entry {i}: bad build info: {err}", rule="build-info") from None
 
 
 def _entry_info(name: str, i: int, e: _EntryJSON) -> _PendingInfo:
