@@ -160,10 +160,17 @@ class CudaBackend(Backend):
         if type(device) is not CudaDevice:
             return Fit(False, f"{device.target} is an offline target: load on cuda:N", "offline")
         req = info.requires
+        seen = device._verdicts.get(id(req))          # requirements are shared per distinct text
+        if seen is not None and seen[0] is req:
+            return seen[1]
         if req.kind not in ("cuda", "cuda-fat"):
             return Fit(False, f"an NVIDIA GPU cannot run a {req.kind} binary", "kind")
         ok, rule, reason, member = cufmt.cuda_can_run(req, device.sm, device.ptx_isa)
-        return Fit(ok, reason, rule, member)
+        fit = Fit(ok, reason, rule, member)
+        if len(device._verdicts) >= 256:
+            device._verdicts.clear()
+        device._verdicts[id(req)] = (req, fit)         # (req kept alive: its id is not reused meanwhile)
+        return fit
 
 
 def _offline_id(archs, with_ptx: bool, ver: str) -> DeviceId:
@@ -325,6 +332,7 @@ class CudaDevice(Device):
         self.id = DeviceId(BACKEND, "NVIDIA Corporation", name, f"sm_{self.sm}", _version_text(d.version),
                            f"CUDA driver {_version_text(d.version)}",
                            {"sm": self.sm, "ptx_isa": "%d.%d" % self.ptx_isa})
+        self._verdicts: dict[int, tuple] = {}         # the runs-on verdict per requirements object
         self.context = _ok(cu.cuDevicePrimaryCtxRetain(self.device), "cuDevicePrimaryCtxRetain")
         self._finalizer = weakref.finalize(self, _release_ctx, cu, self.device)
         self.current()
