@@ -1386,13 +1386,18 @@ _REACH_SLOTS = 2                # counters in the shared memory header (bytes 48
 
 def _run_knb(data, seed, ctx):
     from kernbin.artifact import NativeBinary
-    NativeBinary.from_bytes(data)             # twice: a header seen again takes the memoised (frozen) path
-    return NativeBinary.from_bytes(data).verify()      # the embedded IR too (otherwise checked on first use)
+    nb = NativeBinary.from_bytes(data)        # twice: a header seen again takes the memoised (frozen) path
+    nb.requires, nb.kernel_names, nb.toolchain_key     # what the load gate reads, before the rest is built
+    nb = NativeBinary.from_bytes(data)
+    nb.requires, nb.kernel_names, nb.ir_sha256
+    return nb.verify()                        # the whole build info and the embedded IR too
 
 
 def _check_knb(nb, data, seed, ctx):
     from kernbin.artifact import NativeBinary
     again = NativeBinary.from_bytes(nb.to_bytes())
+    if nb.requires.to_json() != nb.info.requires.to_json() or nb.kernel_names != tuple(k.name for k in nb.info.kernels):
+        raise Invariant("what the gate read differs from the build info")
     if again.binary != nb.binary or again.info.to_json() != nb.info.to_json() or \
             (again.ir is None) != (nb.ir is None) or (nb.ir is not None and again.ir.data != nb.ir.data):
         raise Invariant("an accepted .knb does not survive to_bytes/from_bytes unchanged")
@@ -1558,6 +1563,7 @@ def _run_bundle(data, seed, ctx):
     import tempfile
     import kernbin
     from kernbin.api import gate_from_bundle
+    from kernbin.loader import choose_entry
     from kernbin.bundle import BUNDLE_MAGIC, BUNDLE_VERSION, MAX_MANIFEST
     from kernbin.container import Container
     from kernbin.errors import IncompatibleBinary, InvalidBinary
@@ -1587,6 +1593,19 @@ def _run_bundle(data, seed, ctx):
                     continue                # nothing fits, or the bytes fail the payload check: a verdict
                 REACHED.add("gated")
         b.verify()
+    with kernbin.open_bundle(path) as b:            # the bulk reader load_many uses, and its choices
+        try:
+            b.read_all_entries()
+        except InvalidBinary:
+            return out
+        for name in b.names:
+            for e in b.entries(name):
+                try:
+                    e.target, e.requires, e.toolchain_key, e.info
+                except InvalidBinary:
+                    pass
+            for device in (ctx or {}).get("devices", ()):
+                choose_entry(b, name, device)
     return out
 
 
