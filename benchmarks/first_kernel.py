@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -44,10 +45,14 @@ with kernbin.open_bundle(sys.argv[1]) as b:
 """
 
 
-def _run(code: str, args: list[str], env: dict) -> float:
+def _run(code: str, args: list[str], env: dict) -> tuple[float, float]:
+    """(wall seconds, CPU seconds: user + system) of one child process."""
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-c", code, *args], check=True, env=env)
-    return time.perf_counter() - t0
+    wall = time.perf_counter() - t0
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
 
 
 def main(argv=None) -> int:
@@ -71,24 +76,32 @@ def main(argv=None) -> int:
         env = dict(os.environ)            # OCL_ICD_VENDORS as kernbin set it: the same runtime for both
         env.pop("PYTHONDONTWRITEBYTECODE", None)   # bytecode cached as in any installed deployment
         times = {"pyopencl": [], "kernbin": []}
+        cpu = {"pyopencl": [], "kernbin": []}
         _run(_PLAIN, [raw, args.kernel], env)
         _run(_KERNBIN, [path, args.kernel], env)               # warm the file cache, the ICD folder
         for _ in range(args.repeat):
-            times["pyopencl"].append(_run(_PLAIN, [raw, args.kernel], env))
-            times["kernbin"].append(_run(_KERNBIN, [path, args.kernel], env))
+            for name, code, arg in (("pyopencl", _PLAIN, raw), ("kernbin", _KERNBIN, path)):
+                wall, used = _run(code, [arg, args.kernel], env)
+                times[name].append(wall)
+                cpu[name].append(used)
         p = subprocess.run([sys.executable, "-X", "importtime", "-c", _KERNBIN, path, args.kernel],
                            env=env, capture_output=True, text=True, check=True)
     own = sum(int(m.group(1)) for m in re.finditer(r"import time:\s+(\d+) \|\s+\d+ \|\s*kernbin[.\w]*$",
                                                     p.stderr, re.M))
     med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+    med_cpu = {k: statistics.median(v) * 1e3 for k, v in cpu.items()}
     report = {"kernel": args.kernel, "repeat": args.repeat, "pyopencl_ms": round(med["pyopencl"], 1),
               "kernbin_ms": round(med["kernbin"], 1), "over_ms": round(med["kernbin"] - med["pyopencl"], 1),
               "kernbin_own_imports_ms": round(own / 1e3, 1),
+              "cpu_pyopencl_ms": round(med_cpu["pyopencl"], 1), "cpu_kernbin_ms": round(med_cpu["kernbin"], 1),
+              "cpu_over_ms": round(med_cpu["kernbin"] - med_cpu["pyopencl"], 1),
               "samples_ms": {k: [round(t * 1e3, 1) for t in v] for k, v in times.items()}}
     print(f"fresh process to a loaded kernel ({args.kernel}, CPU OpenCL runtime), medians of {args.repeat}:")
     print(f"  plain pyopencl  {med['pyopencl']:7.1f} ms")
     print(f"  kernbin bundle  {med['kernbin']:7.1f} ms   ({med['kernbin'] - med['pyopencl']:+.1f} ms; kernbin's own "
           f"modules import in {own / 1e3:.1f} ms)")
+    print(f"  CPU time (user + system): pyopencl {med_cpu['pyopencl']:.1f} ms, kernbin {med_cpu['kernbin']:.1f} ms "
+          f"({med_cpu['kernbin'] - med_cpu['pyopencl']:+.1f} ms)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1)
