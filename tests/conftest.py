@@ -121,3 +121,15 @@ def spirv_igc_refuses() -> bytes:
             label = i
         i += wc
     return struct.pack(f"<{len(words)}I", *words)
+
+
+@pytest.fixture(scope="module")
+def l0():
+    """The Level Zero device of the project's CPU test driver, through the real loader."""
+    if not ZE_DRIVER:
+        pytest.skip(f"the Level Zero CPU test driver did not build: {ZE_DRIVER_ERROR}")
+    import kernbin
+    try:
+        return kernbin.open_device("level-zero:0")
+    except kernbin.KernbinError as e:
+        pytest.skip(f"no Level Zero device through the loader: {e}")

@@ -6,14 +6,43 @@ import os
 import shutil
 import socket
 import subprocess
+import threading
 import time
 
 import pytest
 
-__all__ = ["free_port", "redis_server", "nginx_server", "remote_server", "Served", "HMAC_KEY"]
+__all__ = ["free_port", "redis_server", "nginx_server", "remote_server", "Served", "HMAC_KEY", "LoopbackServer"]
 
 HMAC_KEY = b"fleet-secret"
 REDIS_PREFIX = "kernbin:v1:"
+
+
+class LoopbackServer:
+    """A hostile or broken server for a remote tier's tests: listens on a free loopback port (``url``,
+    ``redis://...``) and hands each connection, in its own thread, to :meth:`_one`."""
+
+    scheme = "redis"
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.url = f"{self.scheme}://127.0.0.1:{self.sock.getsockname()[1]}/0"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+
+    def _one(self, conn):
+        raise NotImplementedError
+
+    def close(self):
+        self.sock.close()
 
 
 def free_port() -> int:

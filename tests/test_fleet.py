@@ -4,7 +4,6 @@ expires and one waiter takes over; waits are bounded; a lease value nobody signe
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,7 +20,7 @@ from kernbin.cache.remote import FleetWaitWarning, RemoteRejectedWarning, Remote
 from kernbin.errors import BuildError, KernbinWarning
 
 from conftest import ROOT
-from remote_servers import HMAC_KEY, REDIS_PREFIX, redis_server  # noqa: F401 (fixture)
+from remote_servers import HMAC_KEY, REDIS_PREFIX, LoopbackServer, redis_server  # noqa: F401 (fixture)
 from test_cache import synthetic
 
 # -- helpers ----------------------------------------------------------------------------
@@ -396,7 +395,7 @@ def _resp_command(f):
     return out
 
 
-class FakeRedis:
+class FakeRedis(LoopbackServer):
     """A loopback RESP server: ``+OK`` to everything (HELLO: a protocol-2 map, or ``+OK`` in mode
     "hello-ok", a server that is not Redis), and to GETRANGE / EVALSHA / EVAL the answer of ``mode``:
     "int" (an integer), "list" (a list of the wrong shape), "trickle" (a bulk string, a byte every
@@ -404,19 +403,7 @@ class FakeRedis:
 
     def __init__(self, mode):
         self.mode, self.stopped = mode, threading.Event()
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.url = f"redis://127.0.0.1:{self.sock.getsockname()[1]}/0"
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+        super().__init__()
 
     def _one(self, conn):
         f = conn.makefile("rb")
@@ -457,7 +444,7 @@ class FakeRedis:
 
     def close(self):
         self.stopped.set()
-        self.sock.close()
+        super().close()
 
 
 @pytest.fixture

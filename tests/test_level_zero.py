@@ -14,19 +14,9 @@ from kernbin import BuildError, FallbackWarning, RuntimeAPIError
 from kernbin.backends import _ze as ze
 from kernbin.samples import SAMPLES
 
-from conftest import ZE_DRIVER, ZE_DRIVER_ERROR, reload_samples_in_fresh_process, run_cli, run_py
+from conftest import reload_samples_in_fresh_process, run_cli, run_py
 
 HEADER = "/usr/include/level_zero/ze_api.h"
-
-
-@pytest.fixture(scope="module")
-def l0():
-    if not ZE_DRIVER:
-        pytest.skip(f"the Level Zero CPU test driver did not build: {ZE_DRIVER_ERROR}")
-    try:
-        return kernbin.open_device("level-zero:0")
-    except kernbin.KernbinError as e:
-        pytest.skip(f"no Level Zero device through the loader: {e}")
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ from kernbin.formats import cubin as cufmt
 from kernbin.formats import zebin as zefmt
 from kernbin.samples import SAMPLES
 
-from conftest import ZE_DRIVER, ZE_DRIVER_ERROR, run_cli
+from conftest import run_cli
 
 VADD = SAMPLES["vadd"].spv
 PVC_IP = "12.60.7"
@@ -51,16 +51,6 @@ def oc():
         return get_ocloc()
     except kernbin.RuntimeNotFound as e:
         pytest.skip(f"ocloc not installed: {e}")
-
-
-@pytest.fixture(scope="module")
-def l0():
-    if not ZE_DRIVER:
-        pytest.skip(f"the Level Zero CPU test driver did not build: {ZE_DRIVER_ERROR}")
-    try:
-        return kernbin.open_device("level-zero:0")
-    except kernbin.KernbinError as e:
-        pytest.skip(f"no Level Zero device through the loader: {e}")
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from kernbin._fs import FileRefused, atomic_write
 from kernbin.samples import SAMPLES
 
 from conftest import ROOT, run_cli
-from remote_servers import HMAC_KEY, REDIS_PREFIX, nginx_server, redis_server  # noqa: F401 (fixtures)
+from remote_servers import HMAC_KEY, REDIS_PREFIX, LoopbackServer, nginx_server, redis_server  # noqa: F401 (fixtures)
 
 KEY = "cd" * 32
 
@@ -276,23 +276,8 @@ def test_an_endless_chunked_body_stops_at_the_bound(tmp_path):
 _HOSTILE = ("\x1b[2J\x1b[31mPWNED\x1b]0;title\x07" * 6000)[:200_000]
 
 
-class _ErrRedis:
+class _ErrRedis(LoopbackServer):
     """A RESP server answering every command with one 200 KB error full of terminal escapes."""
-
-    def __init__(self):
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.url = f"redis://127.0.0.1:{self.sock.getsockname()[1]}/0"
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
 
     def _one(self, conn):
         with conn:
@@ -301,9 +286,6 @@ class _ErrRedis:
                     conn.sendall(b"-ERR " + _HOSTILE.encode() + b"\r\n")
             except OSError:
                 pass
-
-    def close(self):
-        self.sock.close()
 
 
 def test_a_hostile_redis_error_text_is_escaped_and_cut():
