@@ -142,7 +142,7 @@ def read_regular_file(path: str | os.PathLike, limit: int, *, what: str = "file"
         if size > limit:
             raise FileRefused(path, "too-large", f"{what} is {size} bytes, more than the {limit}-byte limit")
         data = os.read(fd, size + 1)             # one more byte tells a file that grew meanwhile
-        if len(data) > size:                     # it did: read on, to the limit
+        if len(data) != size:                    # it grew, or a short read (FUSE, NFS): read on, bounded
             data += read_fd(fd, limit + 1 - len(data))
         if len(data) > limit:
             raise FileRefused(path, "too-large", f"{what} grew past the {limit}-byte limit while being read")

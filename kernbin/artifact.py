@@ -498,27 +498,39 @@ class _FrozenDict(dict):
     header digest), so nothing reachable from them may be mutated. Still a dict for json and ==."""
     def _refuse(self, *a, **k):
         raise TypeError("build info read from a file is immutable")
-    __setitem__ = __delitem__ = update = pop = popitem = clear = setdefault = __ior__ = _refuse
+    __init__ = __setitem__ = __delitem__ = update = pop = popitem = clear = setdefault = __ior__ = _refuse
+
+    @classmethod
+    def of(cls, items) -> "_FrozenDict":
+        d = dict.__new__(cls)
+        dict.update(d, items)
+        return d
 
     def __reduce__(self):               # pickle by constructor: the default path calls __setitem__
-        return (type(self), (dict(self),))
+        return (_FrozenDict.of, (dict(self),))
 
 
 class _FrozenList(list):
     def _refuse(self, *a, **k):
         raise TypeError("build info read from a file is immutable")
-    __setitem__ = __delitem__ = append = extend = insert = pop = remove = clear = sort = reverse = _refuse
+    __init__ = __setitem__ = __delitem__ = append = extend = insert = pop = remove = clear = sort = reverse = _refuse
     __iadd__ = __imul__ = _refuse
 
+    @classmethod
+    def of(cls, items) -> "_FrozenList":
+        lst = list.__new__(cls)
+        list.extend(lst, items)
+        return lst
+
     def __reduce__(self):
-        return (type(self), (list(self),))
+        return (_FrozenList.of, (list(self),))
 
 
 def _freeze(obj):
     if isinstance(obj, dict):
-        return _FrozenDict({k: _freeze(v) for k, v in obj.items()})
+        return _FrozenDict.of({k: _freeze(v) for k, v in obj.items()})
     if isinstance(obj, list):
-        return _FrozenList(_freeze(v) for v in obj)
+        return _FrozenList.of([_freeze(v) for v in obj])
     return obj
 
 

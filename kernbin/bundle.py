@@ -90,43 +90,47 @@ class BundleError(InvalidBinary):
 
 class BundleEntry:
     """One native binary of one kernel: where it is (``blob``) and how it was built (``info``, a
-    :class:`BuildInfo` built on first access; the gate reads only ``requires`` and ``toolchain_key``)."""
-    __slots__ = ("kernel", "index", "blob", "_info")
+    :class:`BuildInfo` built on first access; the gate reads only ``requires`` and ``toolchain_key``,
+    from the fields read first, which stay on ``pending`` whatever is built later)."""
+    __slots__ = ("kernel", "index", "blob", "pending", "_built")
 
-    def __init__(self, kernel: str, index: int, blob: str, info: "BuildInfo | _PendingInfo"):
-        self.kernel, self.index, self.blob, self._info = kernel, index, blob, info
+    def __init__(self, kernel: str, index: int, blob: str, pending: _PendingInfo):
+        self.kernel, self.index, self.blob, self.pending, self._built = kernel, index, blob, pending, None
 
     @property
     def info(self) -> BuildInfo:
-        v = self._info
-        if type(v) is _PendingInfo:
+        v = self._built
+        if v is None:
             try:
-                v = self._info = v.resolve()
+                v = self._built = self.pending.resolve()
             except InvalidBinary as err:
                 raise BundleError(f"kernel {self.kernel!r} entry {self.index}: {err.reason}",
                                   rule="build-info") from None
         return v
 
     @property
+    def _info(self):
+        """What a NativeBinary of this entry starts from: the built info, else the pending one."""
+        return self._built if self._built is not None else self.pending
+
+    @property
     def target(self) -> str:
-        v = self._info
-        return v.target
+        return self.pending.target
 
     @property
     def requires(self):
+        return self.pending.requires
+
+    @property
+    def toolchain_key(self) -> str:
         try:
-            return self._info.requires
+            return self.pending.toolchain_key
         except InvalidBinary as err:
             raise BundleError(f"kernel {self.kernel!r} entry {self.index}: {err.reason}", rule="build-info") from None
 
     @property
-    def toolchain_key(self) -> str:
-        v = self._info
-        return v.toolchain_key if type(v) is _PendingInfo else v.toolchain.key()
-
-    @property
     def kernel_names(self) -> tuple[str, ...]:
-        return self._info.kernel_names if type(self._info) is _PendingInfo else tuple(k.name for k in self._info.kernels)
+        return self.pending.kernel_names
 
     def __eq__(self, other) -> bool:
         return isinstance(other, BundleEntry) and (self.kernel, self.index, self.blob) == \
@@ -286,6 +290,16 @@ class Bundle:
         if blob not in self._c:
             raise BundleError(f"manifest names blob {blob!r}, which the file does not hold", rule="blob")
         return self._c.section(blob)            # digest checked on first access (ContainerError otherwise)
+
+    def require_signature_by(self, trusted_keys) -> str:
+        """Verify the signature against ``trusted_keys`` now (an open bundle handed to a loader that
+        trusts only those keys): sets and returns ``signed_by``; :class:`~kernbin.signing.SignatureError`
+        otherwise."""
+        from . import signing
+        keys = list(trusted_keys)
+        self.signed_by = signing.verify(self._c, keys, magic=BUNDLE_MAGIC)
+        self.trusted_keys = keys
+        return self.signed_by
 
     def verify(self) -> None:
         """Check every blob's digest now (``kernbin bundle verify``); raise on the first bad one."""

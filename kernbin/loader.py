@@ -20,6 +20,7 @@ on ``module.native`` for the caller to store (``module.rebuilt`` is True).
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from dataclasses import replace
 from typing import Any, NamedTuple
@@ -42,6 +43,15 @@ _device = open_device
 _warned: set[tuple[str, str]] = set()
 
 
+def _warn(message: str) -> None:
+    """A :class:`FallbackWarning` attributed to the first caller outside kernbin (whatever path led
+    here), so that filters on the caller's module apply."""
+    frame, level = sys._getframe(1), 2
+    while frame is not None and frame.f_globals.get("__name__", "").startswith("kernbin."):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, FallbackWarning, stacklevel=level)
+
+
 def _fallback(device, ir: IR | None, info, reason: str, error: Exception):
     """Rebuild from the IR with the recorded flags (and keep the recorded request)."""
     if ir is None:
@@ -49,7 +59,7 @@ def _fallback(device, ir: IR | None, info, reason: str, error: Exception):
     key = (reason, ir.sha256)
     if key not in _warned:
         _warned.add(key)
-        warnings.warn(f"kernbin: rebuilding from IR for {device.target}: {reason}", FallbackWarning, stacklevel=3)
+        _warn(f"kernbin: rebuilding from IR for {device.target}: {reason}")
     from .builder import _stamp
     native = _stamp(device, device.build(ir, tuple(info.flags) if info is not None else ()))
     if info is not None:
@@ -178,6 +188,9 @@ def check_entry(bundle: Bundle, entry, target="opencl:cpu", *, isolate: bool = F
     (an entry alone carries no signature of its own)."""
     device = _device(target)
     try:
+        _require_trusted(bundle)
+        if not any(e is entry for e in bundle.entries(entry.kernel)):
+            raise KernbinError(f"entry {entry!r} is not one of this bundle's")
         native = bundle.native(entry, with_ir=False)
     except InvalidBinary as e:
         return {**_check_result(device), "reason": e.reason, "rule": e.rule}
@@ -335,6 +348,21 @@ def choose_entry(bundle: Bundle, name: str, device):
     return e, fit, reasons
 
 
+def _bundle_keys(bundle: Bundle):
+    """The keys a bundle's bytes answer to: those it was opened with, else the environment's."""
+    return bundle.trusted_keys if bundle.trusted_keys is not None else keys_in_force(None)
+
+
+def _require_trusted(bundle: Bundle) -> None:
+    """Under keys in force, a bundle's bytes reach a driver only when its signature was verified
+    against them when it was opened (``signed_by``): an unsigned bundle opened with
+    ``require_signature=False``, or before the keys were set, is refused here."""
+    if bundle.signed_by is None and _bundle_keys(bundle) is not None:
+        raise SignatureError("unsigned", f"bundle {os.path.basename(bundle.path)!r} was not verified against "
+                                         f"the trusted keys in force (unsigned, or opened without a signature "
+                                         f"check): nothing in it is loaded")
+
+
 def _no_entry(bundle: Bundle, name: str, device, why: str) -> IncompatibleBinary:
     """The error for a kernel with nothing that runs on ``device`` and no IR to rebuild from."""
     return IncompatibleBinary(f"bundle {os.path.basename(bundle.path)!r} kernel {name!r} has nothing for "
@@ -362,6 +390,7 @@ def gate_from_bundle(bundle, name: str, target="opencl:cpu") -> BundleChoice:
     fits: ``rule="no-entry"``) or :class:`InvalidBinary` (the chosen blob is damaged). Many kernels
     can be gated in one pass this way and loaded later, one by one (the Triton launcher does)."""
     device = _device(target)
+    _require_trusted(bundle)
     entry, fit, reasons = choose_entry(bundle, name, device)
     if entry is None:
         raise _no_entry(bundle, name, device, "; ".join(_refusals(reasons)) or "no native entry")
@@ -373,6 +402,8 @@ def gate_from_bundle(bundle, name: str, target="opencl:cpu") -> BundleChoice:
 def load_gated(device, gated: BundleChoice):
     """Load what :func:`gate_from_bundle` verified and gated (the runtime may still refuse it:
     :class:`RuntimeAPIError`)."""
+    if gated.fit.rule:
+        _jit.refuse_possible_jit(device, gated.fit)
     module = device.load_native(gated.native, gated.payload)
     if gated.fit.member is not None:
         module.member = gated.fit.member
@@ -388,6 +419,8 @@ def load_from_bundle(bundle, name: str, target="opencl:cpu", *, fallback: bool =
     device = _device(target)
     try:
         return load_gated(device, gate_from_bundle(bundle, name, device))
+    except SignatureError:
+        raise                           # an untrusted bundle: not its IR either
     except (InvalidBinary, IncompatibleBinary, RuntimeAPIError) as e:
         if not fallback:
             raise
@@ -408,9 +441,8 @@ def _bundle_fallback(bundle, name: str, device, failed: Exception, cache):
     key = ("bundle:" + why, ir.sha256)
     if key not in _warned:
         _warned.add(key)
-        warnings.warn(f"kernbin: bundle kernel {name!r}: rebuilding from IR for {device.target}: {why}",
-                      FallbackWarning, stacklevel=4)
-    module = _rebuilt(device, ir, options, cache, trusted=getattr(bundle, "trusted_keys", None) is not None)
+        _warn(f"kernbin: bundle kernel {name!r}: rebuilding from IR for {device.target}: {why}")
+    module = _rebuilt(device, ir, options, cache, trusted=_bundle_keys(bundle) is not None)
     module.source, module.fallback_reason = "ir", why
     module.bundle_choice = {"entry": None, "index": None, "source": "ir", "reasons": reasons}
     return module
@@ -441,8 +473,9 @@ def _rebuilt(device, ir, options, cache, *, trusted: bool):
         if not hit:
             raise
     cache.reject(key)
-    native, _ = cache.get_or_build(key, lambda: _build_on(device, ir, opts))
-    return _load_checked(device, replace(native, ir=ir))
+    native = _build_on(device, ir, opts)     # not get_or_build: a remote tier would serve the same bytes
+    cache.put(key, native)                   # (and this overwrites them there)
+    return _load_checked(device, native)
 
 
 def load_many(bundle, names=None, target="opencl:cpu", *, fallback: bool = True, cache=None) -> dict:
@@ -456,6 +489,7 @@ def load_many(bundle, names=None, target="opencl:cpu", *, fallback: bool = True,
     reason); the others are not held up. With ``fallback=False`` a kernel with no fitting entry or a
     damaged blob raises before the driver has loaded anything."""
     device = _device(target)
+    _require_trusted(bundle)
     names = bundle.names if names is None else tuple(names)
     if len(names) > 1:
         bundle.read_all_entries()
@@ -468,7 +502,7 @@ def _load_many(bundle, names, device, fallback: bool, cache) -> dict:
         entries = read.get(name) or bundle.entries(name)
         if len(entries) == 1:                         # the common case: one entry per target held
             e = entries[0]
-            info = e._info
+            info = e.pending
             key = (id(info.requires), info._tc if type(info._tc) is bytes else id(info._tc))
             fit = verdicts.get(key)
             if fit is None:
@@ -503,6 +537,8 @@ def _load_many(bundle, names, device, fallback: bool, cache) -> dict:
         data = blobs.get(entry.blob) if entry is not None else None
         if type(data) is bytes:
             native = of(data, entry._info, None)
+            if fit.rule:
+                _jit.refuse_possible_jit(device, fit)
             try:
                 module = load_native(native, payload_of(native, fit))
             except (InvalidBinary, RuntimeAPIError) as e:

@@ -18,7 +18,7 @@ from .artifact import KNB_MAGIC, KNB_VERSION, MAX_HEADER, MAX_KNB_BYTES, NativeB
 __all__ = ["keys_in_force", "read_native", "require_signed"]
 
 _ENV = "KERNBIN_TRUSTED_KEYS"
-_env_cache: list = [None, None]          # [the variable's text, its keys]
+_env_cache: tuple = (None, None)         # (the variable's text, its keys): one object, replaced whole
 
 
 def keys_in_force(trusted_keys=None):
@@ -29,11 +29,13 @@ def keys_in_force(trusted_keys=None):
     value = os.environ.get(_ENV)
     if not value:
         return None
-    if _env_cache[0] != value:
+    global _env_cache
+    seen, keys = _env_cache
+    if seen != value:
         from .signing import trusted_keys_from_env
         keys = trusted_keys_from_env()
-        _env_cache[0], _env_cache[1] = value, keys
-    return list(_env_cache[1])
+        _env_cache = (value, keys)
+    return list(keys)
 
 
 def require_signed(keys) -> bool:

@@ -4,6 +4,7 @@ expires and one waiter takes over; waits are bounded; a lease value nobody signe
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading

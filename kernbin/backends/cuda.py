@@ -157,19 +157,22 @@ class CudaBackend(Backend):
         return dev
 
     def can_run(self, info, device: Device) -> Fit:
-        if type(device) is not CudaDevice:
+        if isinstance(device, CudaOfflineDevice):
             return Fit(False, f"{device.target} is an offline target: load on cuda:N", "offline")
         req = info.requires
-        seen = device._verdicts.get(id(req))          # requirements are shared per distinct text
+        memo = device.__dict__.get("_verdicts")
+        if memo is None:
+            memo = device._verdicts = {}
+        seen = memo.get(id(req))                      # requirements are shared per distinct text
         if seen is not None and seen[0] is req:
             return seen[1]
         if req.kind not in ("cuda", "cuda-fat"):
             return Fit(False, f"an NVIDIA GPU cannot run a {req.kind} binary", "kind")
         ok, rule, reason, member = cufmt.cuda_can_run(req, device.sm, device.ptx_isa)
         fit = Fit(ok, reason, rule, member)
-        if len(device._verdicts) >= 256:
-            device._verdicts.clear()
-        device._verdicts[id(req)] = (req, fit)         # (req kept alive: its id is not reused meanwhile)
+        if len(memo) >= 256:
+            memo.clear()
+        memo[id(req)] = (req, fit)                    # (req kept alive: its id is not reused meanwhile)
         return fit
 
 
@@ -332,7 +335,6 @@ class CudaDevice(Device):
         self.id = DeviceId(BACKEND, "NVIDIA Corporation", name, f"sm_{self.sm}", _version_text(d.version),
                            f"CUDA driver {_version_text(d.version)}",
                            {"sm": self.sm, "ptx_isa": "%d.%d" % self.ptx_isa})
-        self._verdicts: dict[int, tuple] = {}         # the runs-on verdict per requirements object
         self.context = _ok(cu.cuDevicePrimaryCtxRetain(self.device), "cuDevicePrimaryCtxRetain")
         self._finalizer = weakref.finalize(self, _release_ctx, cu, self.device)
         self.current()

@@ -175,8 +175,9 @@ class Cache:
             self.local.record("remote_errors")
 
     def reject(self, key: str) -> bool:
-        """A device refused the entry for ``key``: remove the local copy and count it (``corrupt``),
-        so that the next ``get_or_build`` rebuilds it. (A remote copy is overwritten by that rebuild.)"""
+        """A device refused the entry for ``key``: remove the local copy and count it (``corrupt``).
+        A remote tier may still hold the same bytes: the caller rebuilds and :meth:`put`\ s the result,
+        which replaces them everywhere (``get_or_build`` would read them back)."""
         return self.local.reject(key)
 
     def put(self, key: str, native: NativeBinary) -> None:

@@ -62,6 +62,8 @@ def load(bundle, target=None, *, trusted_keys=None, allocator=None, prepare: boo
     from ..loader import open_bundle
     owned = not hasattr(bundle, "select")
     b = open_bundle(bundle, trusted_keys=trusted_keys) if owned else bundle
+    if not owned and trusted_keys is not None:
+        b.require_signature_by(trusted_keys)        # an open bundle: checked against these keys now
     return TritonKernels(b, target, allocator=allocator, owned=owned, prepare=prepare)
 
 
