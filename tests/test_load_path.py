@@ -274,3 +274,41 @@ def test_a_cache_entry_the_device_refuses_is_evicted_and_rebuilt(cpu_bundle, tmp
     assert cache.stats()["corrupt"] == corrupt + 1
     assert cache.get(key).binary == m.native.binary != resealed.binary   # the rebuild replaced it
     _check(m, "vadd", rng)
+
+
+# -- found by a hostile review of the lean load path ---------------------------------------------------
+
+def test_load_many_after_an_entry_was_described(cpu_bundle, rng):
+    with kernbin.open_bundle(cpu_bundle["path"]) as b:
+        b.describe()                                   # builds every entry's whole build info
+        got = b.load_many(None, "opencl:cpu")
+    for name, module in got.items():
+        _check(module, name, rng)
+
+
+def test_under_keys_an_unverified_bundle_loads_nothing(cpu_bundle, tmp_path):
+    from kernbin import signing
+    from kernbin.loader import check_entry
+    path = str(tmp_path / "u.kbin")
+    kernbin.create_bundle(path, [SAMPLES["vadd"].spv], ["opencl:cpu"])          # unsigned
+    keys = [signing.load_public_key(cpu_bundle["pub"])]
+    with kernbin.open_bundle(path, trusted_keys=keys, require_signature=False) as b:
+        assert b.signed_by is None
+        for load in (lambda: b.load_many(None, "opencl:cpu"), lambda: b.load("vadd", "opencl:cpu")):
+            with pytest.raises(signing.SignatureError) as e:
+                load()
+            assert e.value.rule == "unsigned"
+        verdict = check_entry(b, b.entries("vadd")[0], "opencl:cpu", isolate=False)
+        assert verdict["verdict"] == "gate" and verdict["rule"] == "unsigned"
+
+
+def test_a_cuda_device_subclass_is_gated_as_a_live_device(cubins, emu):
+    from kernbin.backends.cuda import CudaDevice
+    dev = kernbin.open_device("cuda:0")
+
+    class Standin(CudaDevice):
+        def __init__(self, real):
+            self.__dict__.update({k: v for k, v in real.__dict__.items() if k != "_verdicts"})
+
+    fit = dev.backend.can_run(cubins["sm_90"], Standin(dev))
+    assert fit.ok and fit.rule != "offline"

@@ -176,7 +176,7 @@ class Cache:
 
     def reject(self, key: str) -> bool:
         """A device refused the entry for ``key``: remove the local copy and count it (``corrupt``).
-        A remote tier may still hold the same bytes: the caller rebuilds and :meth:`put`\ s the result,
+        A remote tier may still hold the same bytes: the caller rebuilds and puts the result,
         which replaces them everywhere (``get_or_build`` would read them back)."""
         return self.local.reject(key)
 
