@@ -821,3 +821,16 @@ def test_xpu_worker_output_deep_or_huge_values_are_kernbin_errors():
             _parse_worker_output(line + b"\n", 1)
     version, results = _parse_worker_output(json.dumps({"triton": "3", "results": [good]}).encode(), 1)
     assert version == "3" and results[0]["launch"]["args"][0]["divisibility"] == 16
+
+
+@pytest.mark.parametrize("cu_class", [_FakeCU, _FakeCUMissing])
+def test_ready_refuses_what_neither_the_driver_nor_a_cubin_can_check(monkeypatch, cu_class):
+    """#20 item 11: without cuFuncGetParamInfo, a binary that is not a cubin (a fatbin whose member is not
+    a readable cubin, or anything else) used to pass the parameter check silently; now nothing launches."""
+    meta = _meta_json()
+    for binary in (b"\x50\xed\x55\xba" + bytes(60), b"not a binary at all"):
+        cu = cu_class()
+        k, ready = _ready(monkeypatch, meta, cu, binary)
+        with pytest.raises(TritonMetaError) as e:
+            ready()
+        assert e.value.field == "params" and k._function is None and not cu.calls

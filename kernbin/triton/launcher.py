@@ -535,10 +535,14 @@ def _check_params(cu, f, module, meta: LaunchMeta) -> None:
     if got is None:
         native = getattr(module, "native", None)
         binary = getattr(native, "binary", None)
-        if not isinstance(binary, (bytes, bytearray)) or binary[:4] != b"\x7fELF":
-            return                                   # neither the driver nor a cubin can say: nothing to compare
+        if not isinstance(binary, (bytes, bytearray)):
+            raise TritonMetaError(f"kernel {meta.kernel}: neither the driver (no cuFuncGetParamInfo) nor a binary "
+                                  f"can say what its parameters are: not launched", "params")
+        binary = bytes(binary)
+        if binary[:4] != b"\x7fELF":
+            binary = _cubin_of_fatbin(binary, meta.kernel, getattr(module, "member", None))
         from ._nvinfo import kernel_info
-        entry = kernel_info(bytes(binary)).get(meta.kernel)
+        entry = kernel_info(binary).get(meta.kernel)
         if entry is None:
             raise TritonMetaError(f"the cubin describes no parameters of kernel {meta.kernel!r}", "params")
         params = entry.get("params", [])
@@ -549,6 +553,29 @@ def _check_params(cu, f, module, meta: LaunchMeta) -> None:
     if got != want:
         raise TritonMetaError(f"kernel {meta.kernel}: {where} says its parameters hold {got} bytes, the launch "
                               f"metadata {want} ({[p.name for p in meta.params]})", "params")
+
+
+def _cubin_of_fatbin(binary: bytes, kernel: str, member) -> bytes:
+    """The cubin a fatbin's loaded member is (an uncompressed ELF member, the one the gate chose when it
+    says which: ``"cubin sm_90"``), to read its ``.nv.info``; :class:`TritonMetaError` when there is
+    none to read (a PTX member, a compressed one, not a fatbin): the metadata cannot be checked, so the
+    kernel is not launched."""
+    from ..errors import InvalidBinary
+    from ..formats.cubin import fatbin_members
+    try:
+        members = fatbin_members(binary)
+    except InvalidBinary:
+        members = []
+    want = str(member or "")
+    cubins = [binary[m["offset"]:m["offset"] + m["size"]] for m in members
+              if m["kind"] == "cubin" and (not want.startswith("cubin sm_") or want[len("cubin sm_"):].rstrip("af")
+                                           == str(m["sm"]))]
+    cubins = [c for c in cubins if c[:4] == b"\x7fELF"]
+    if not cubins:
+        raise TritonMetaError(f"kernel {kernel}: the driver cannot say what its parameters are (no "
+                              f"cuFuncGetParamInfo) and the binary holds no readable cubin to read them from "
+                              f"({want or 'not a cubin'}): not launched", "params")
+    return cubins[0]
 
 
 def _driver_param_sizes(cu, f, count: int):
