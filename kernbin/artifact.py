@@ -254,22 +254,6 @@ def _same(x):
     return x
 
 
-class _IRField:
-    """``NativeBinary.ir``: an :class:`IR`, None, or (read from a ``.knb``) checked on first access."""
-
-    def __get__(self, obj, owner=None):
-        if obj is None:
-            return None                 # the dataclass default
-        v = obj.__dict__.get("_ir")
-        if type(v) is _PendingIR:
-            v = v.resolve()
-            obj.__dict__["_ir"] = v
-        return v
-
-    def __set__(self, obj, value):      # only __init__ gets here (the dataclass is frozen)
-        obj.__dict__["_ir"] = value
-
-
 class _PendingInfo:
     """The build info of a verified ``.knb`` header or bundle entry, read in two steps.
 
@@ -335,20 +319,26 @@ class _PendingInfo:
         return (_same, (self.resolve(),))
 
 
-class _InfoField:
-    """``NativeBinary.info``: a :class:`BuildInfo`, or (read from a file) built on first access."""
+class _LazyField:
+    """A :class:`NativeBinary` field held as given, or (read from a ``.knb`` or a bundle) as a pending
+    value (:class:`_PendingInfo`, :class:`_PendingIR`) resolved and kept on first access."""
+
+    def __init__(self, slot: str, pending: type, required: bool):
+        self.slot, self.pending, self.required = slot, pending, required
 
     def __get__(self, obj, owner=None):
         if obj is None:
-            raise AttributeError("info")        # no default: the dataclass field is required
-        v = obj.__dict__["_info"]
-        if type(v) is _PendingInfo:
+            if self.required:
+                raise AttributeError(self.slot)     # no default: the dataclass field is required
+            return None                             # the dataclass default
+        v = obj.__dict__.get(self.slot)
+        if type(v) is self.pending:
             v = v.resolve()
-            obj.__dict__["_info"] = v
+            obj.__dict__[self.slot] = v
         return v
 
     def __set__(self, obj, value):      # only __init__ gets here (the dataclass is frozen)
-        obj.__dict__["_info"] = value
+        obj.__dict__[self.slot] = value
 
 
 @dataclass(frozen=True, repr=False)
@@ -358,8 +348,8 @@ class NativeBinary:
     Read from a ``.knb``, the embedded IR is checked (digest, parse, hash) when ``ir`` is first
     used: reading it raises :class:`InvalidBinary` if it is corrupt. :meth:`verify` checks it now."""
     binary: bytes
-    info: BuildInfo = _InfoField()
-    ir: IR | None = _IRField()
+    info: BuildInfo = _LazyField("_info", _PendingInfo, required=True)
+    ir: IR | None = _LazyField("_ir", _PendingIR, required=False)
 
     def __repr__(self) -> str:
         return f"NativeBinary(info={self.info!r})"
