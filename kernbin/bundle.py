@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 
 from . import container
 from .artifact import BuildInfo, NativeBinary, _GateBuildRaw, _PendingInfo, requirements_of
-from .errors import IncompatibleBinary, InvalidBinary, KernbinError
+from .errors import InvalidBinary
 from .ir import read_ir
 
 __all__ = ["BUNDLE_MAGIC", "BUNDLE_VERSION", "Bundle", "BundleEntry", "BundleError", "write_bundle", "read_all",

@@ -6,7 +6,6 @@ import sys
 import warnings
 from dataclasses import replace
 
-import numpy as np
 import pytest
 
 import kernbin
